@@ -1,0 +1,55 @@
+# Product-event ETL: Luigi + PostgreSQL + dbt. `make` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+BOOTSTRAP := .bootstrap
+PIPENV_VERSION := 2026.10.3
+PIPENV := $(shell command -v pipenv 2>/dev/null || echo $(BOOTSTRAP)/bin/pipenv)
+VENV := .venv
+PY := $(VENV)/bin/python
+WORKERS ?= 1
+
+export PIPENV_VENV_IN_PROJECT := 1
+export PIPENV_VERBOSITY := -1
+export PIPENV_IGNORE_VIRTUALENVS := 1
+
+# The Pipfile names its index as ${PIP_INDEX_URL} so that no registry host is committed;
+# take it from pip's own configuration, or pip's built-in default, when it is unset.
+ifndef PIP_INDEX_URL
+PIP_INDEX_URL := $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^[a-z]*\.index-url='\(.*\)'$$/\1/p" | head -n 1)
+endif
+ifeq ($(strip $(PIP_INDEX_URL)),)
+PIP_INDEX_URL := $(shell $(PYTHON) -c 'from pip._internal.models.index import PyPI; print(PyPI.simple_url)')
+endif
+export PIP_INDEX_URL
+
+define require_date
+	@test -n "$(DATE)" || { echo "error: give a date, e.g. make $@ DATE=2024-04-30" >&2; exit 2; }
+endef
+
+.PHONY: help setup load test clean db-url
+
+help: ## list the targets (default)
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-14s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.synced ## install pipenv if missing, then the locked packages into .venv (idempotent)
+
+$(VENV)/.synced: Pipfile.lock
+	@command -v pipenv >/dev/null || test -x $(BOOTSTRAP)/bin/pipenv || { \
+		$(PYTHON) -m venv $(BOOTSTRAP) && $(BOOTSTRAP)/bin/pip install --quiet pipenv==$(PIPENV_VERSION); }
+	$(PIPENV) sync --dev
+	@touch $@
+
+load: setup ## load staging for every date from history_start to DATE (WORKERS=N)
+	$(require_date)
+	@$(PY) -m tasks load "$(DATE)" --workers $(WORKERS)
+
+test: setup ## run the test suite
+	$(PY) -m pytest
+
+db-url: setup ## print the URL of the database in use, password redacted
+	@$(PY) -m tasks db-url
+
+clean: setup ## stop the embedded database and remove everything the pipeline wrote
+	@$(PY) -m tasks clean

@@ -1,0 +1,1 @@
+"""Luigi tasks of the product-event ETL: extract, load, transform, export."""

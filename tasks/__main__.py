@@ -1,0 +1,108 @@
+"""Command line behind the Makefile: `python -m tasks COMMAND ...`.
+
+Reads the command line and the configuration; runs Luigi (the central scheduler on
+[core] default_scheduler_host:port when it answers, else the local one) and exits with
+Luigi's [retcode] code. Input mistakes get one line on stderr and exit code 2.
+"""
+
+import argparse
+import shutil
+import socket
+import sys
+
+import luigi
+import luigi.retcodes
+from psycopg2 import sql
+
+from tasks import config, database
+
+
+# What the pipeline writes under <data_dir>; the bundled samples beside them stay.
+WORK_FOLDERS = ("raw", "reports", "logs", "dbt", "pgdata")
+
+
+def clean() -> None:
+    """Reset what the pipeline made; with an external database, only the pipeline's own schemas."""
+    url = config.database_url_setting()
+    if url:
+        with database.transaction(url) as conn, conn.cursor() as cur:
+            for schema in database.PIPELINE_SCHEMAS:
+                cur.execute("select 1 from pg_namespace where nspname = %s", (schema,))
+                if cur.fetchone():
+                    cur.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(schema)))
+                    print(f"dropped schema {schema} in {config.redact(url)}")
+    elif database.stop_embedded(database.pgdata_dir()):
+        print(f"stopped the embedded PostgreSQL in {database.pgdata_dir()}")
+    for name in WORK_FOLDERS:
+        folder = config.data_dir() / name
+        if folder.exists():
+            shutil.rmtree(folder)
+            print(f"removed {folder}")
+
+
+def _date(text):
+    try:
+        return config.parse_date(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def scheduler_args() -> list:
+    """Luigi options for the central scheduler when it answers, else for the local one."""
+    core = luigi.configuration.get_config()
+    host = core.get("core", "default_scheduler_host", "localhost")
+    port = core.getint("core", "default_scheduler_port", 8082)
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return []
+    except OSError:
+        print(f"luigid is not answering on {host}:{port}; using the local scheduler", file=sys.stderr)
+        return ["--local-scheduler"]
+
+
+def run_luigi(task_args: list, workers: int) -> int:
+    argv = task_args + ["--workers", str(workers)] + scheduler_args()
+    try:
+        luigi.retcodes.run_with_retcodes(argv)
+    except SystemExit as done:
+        return done.code or 0
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line, no usage block: `make run-etl DATE=2024-13-01` should say what is wrong and stop.
+        self.exit(2, f"error: {message}\n")
+
+
+def parse_args(argv):
+    parser = _Parser(prog="python -m tasks", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    load = commands.add_parser("load", help="load staging for every date from history_start to DATE")
+    load.add_argument("date", type=_date)
+    load.add_argument("--workers", type=int, default=1)
+    commands.add_parser("db-url", help="print the database URL in use, password redacted")
+    commands.add_parser("clean", help="drop what the pipeline made: schemas or embedded server, files")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.command == "db-url":
+        print(config.redact(database.database_url()))
+        return 0
+    if args.command == "clean":
+        clean()
+        return 0
+    if args.date < config.history_start():
+        print(f"error: DATE {args.date} is before history_start {config.history_start()}", file=sys.stderr)
+        return 2
+    if args.command == "load":
+        import tasks.load  # noqa: F401 - registers the tasks
+
+        return run_luigi(["LoadHistory", "--date", args.date.isoformat()], args.workers)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

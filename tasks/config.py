@@ -1,0 +1,100 @@
+"""Configuration: `luigi.cfg` sections `[etl]` and `[source]`, overridden by four environment variables.
+
+Reads luigi.cfg (and the file named by LUIGI_CONFIG_PATH, which Luigi layers on top) and the
+environment; writes nothing. Every other module asks this one, so a setting lives in one place.
+"""
+
+import datetime
+import os
+import re
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import luigi
+
+
+class etl(luigi.Config):  # noqa: N801 - Luigi names a Config class after its section
+    data_dir = luigi.Parameter(default="data", description="working folder; env ETL_DATA_DIR")
+    database_url = luigi.Parameter(
+        default="", description="PostgreSQL URL, empty for the embedded server; env ETL_DATABASE_URL"
+    )
+    history_start = luigi.DateParameter(
+        default=datetime.date(2024, 1, 1), description="first date ever loaded; env ETL_HISTORY_START"
+    )
+    max_reject_ratio = luigi.FloatParameter(default=0.01, description="share of bad lines a load tolerates")
+
+
+class source(luigi.Config):  # noqa: N801
+    url = luigi.Parameter(default="data", description="s3://bucket[/prefix] or a local folder; env ETL_SOURCE_URL")
+    events_key = luigi.Parameter(default="events_sample.json", description="events key; {date} makes it daily")
+    orgs_key = luigi.Parameter(default="orgs_sample.json", description="organizations key")
+
+
+def _env(name):
+    # An empty variable counts as unset, so `ETL_DATABASE_URL= make …` means "use the default".
+    return os.environ.get(name) or None
+
+
+def data_dir() -> Path:
+    return Path(_env("ETL_DATA_DIR") or etl().data_dir).resolve()
+
+
+def database_url_setting() -> str:
+    """The configured URL, or '' when the embedded server is to be used."""
+    return _env("ETL_DATABASE_URL") or etl().database_url
+
+
+def history_start() -> datetime.date:
+    value = _env("ETL_HISTORY_START")
+    return parse_date(value, "ETL_HISTORY_START") if value else etl().history_start
+
+
+def max_reject_ratio() -> float:
+    return float(etl().max_reject_ratio)
+
+
+def source_url() -> str:
+    return _env("ETL_SOURCE_URL") or source().url
+
+
+def events_key() -> str:
+    return source().events_key
+
+
+def orgs_key() -> str:
+    return source().orgs_key
+
+
+def parse_date(value: str, what: str = "DATE") -> datetime.date:
+    """A strict YYYY-MM-DD date, or a ValueError whose text fits on one line."""
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value or ""):
+        raise ValueError(f"{what} must be a date as YYYY-MM-DD, got {value!r}")
+    try:
+        return datetime.date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{what} is not a calendar date: {value!r}") from None
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced, safe to print or log."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0] + ":***"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[1]}"))
+
+
+def partition_path(area: str, dataset: str, date: datetime.date) -> Path:
+    """`<data_dir>/<area>/<dataset>/<date>`: the one place a task's file output is named."""
+    return data_dir() / area / dataset / date.isoformat()
+
+
+def is_daily(key: str) -> bool:
+    """A key with `{date}` names one object or prefix per day (contract section 2)."""
+    return "{date}" in key
+
+
+def dates_between(start: datetime.date, end: datetime.date) -> list:
+    """Every date from start to end, both included."""
+    return [start + datetime.timedelta(days=n) for n in range((end - start).days + 1)]
