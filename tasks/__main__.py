@@ -50,8 +50,8 @@ def _date(text):
 def scheduler_args() -> list:
     """Luigi options for the central scheduler when it answers, else for the local one."""
     core = luigi.configuration.get_config()
-    host = core.get("core", "default_scheduler_host", "localhost")
-    port = core.getint("core", "default_scheduler_port", 8082)
+    host = core.get("core", "scheduler_host", "localhost")
+    port = core.getint("core", "scheduler_port", 8082)
     try:
         socket.create_connection((host, port), timeout=1).close()
         return []
