@@ -28,7 +28,7 @@ define require_date
 	@test -n "$(DATE)" || { echo "error: give a date, e.g. make $@ DATE=2024-04-30" >&2; exit 2; }
 endef
 
-.PHONY: help setup load test clean db-url
+.PHONY: help setup run-etl load test clean db-url
 
 help: ## list the targets (default)
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -40,6 +40,10 @@ $(VENV)/.synced: Pipfile.lock
 		$(PYTHON) -m venv $(BOOTSTRAP) && $(BOOTSTRAP)/bin/pip install --quiet pipenv==$(PIPENV_VERSION); }
 	$(PIPENV) sync --dev
 	@touch $@
+
+run-etl: setup ## the whole chain for DATE: download, stage, dbt, report (FORCE=1 reprocesses DATE, WORKERS=N)
+	$(require_date)
+	@$(PY) -m tasks run-etl "$(DATE)" --workers $(WORKERS) $(if $(filter 1 yes true,$(FORCE)),--force)
 
 load: setup ## load staging for every date from history_start to DATE (WORKERS=N)
 	$(require_date)

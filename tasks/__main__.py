@@ -81,6 +81,10 @@ def parse_args(argv):
     load = commands.add_parser("load", help="load staging for every date from history_start to DATE")
     load.add_argument("date", type=_date)
     load.add_argument("--workers", type=int, default=1)
+    run_etl = commands.add_parser("run-etl", help="the whole chain for DATE, backfilling from history_start")
+    run_etl.add_argument("date", type=_date)
+    run_etl.add_argument("--workers", type=int, default=1)
+    run_etl.add_argument("--force", action="store_true", help="reload DATE from the source and rebuild downstream")
     commands.add_parser("db-url", help="print the database URL in use, password redacted")
     commands.add_parser("clean", help="drop what the pipeline made: schemas or embedded server, files")
     return parser.parse_args(argv)
@@ -101,6 +105,18 @@ def main(argv=None) -> int:
         import tasks.load  # noqa: F401 - registers the tasks
 
         return run_luigi(["LoadHistory", "--date", args.date.isoformat()], args.workers)
+    if args.command == "run-etl":
+        from tasks import export, overwrite
+
+        if args.force:
+            for line in overwrite.invalidate(args.date):
+                print(line)
+        code = run_luigi(["RunEtl", "--date", args.date.isoformat()], args.workers)
+        if code == 0:
+            path = export.report_path(args.date)
+            print(f"report: {path}")
+            print(path.read_text(), end="")
+        return code
     return 2
 
 

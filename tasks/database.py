@@ -214,3 +214,16 @@ class MarkerTarget(luigi.Target):
 
     def __repr__(self):
         return f"MarkerTarget({self.target}, {self.date})"
+
+
+def remove_markers(target: str, since: datetime.date) -> list:
+    """Delete the markers of `target` from `since` on; returns the dates that had one."""
+    with transaction() as conn, conn.cursor() as cur:
+        cur.execute("select to_regclass('etl.marker') is not null")
+        if not cur.fetchone()[0]:
+            return []
+        cur.execute(
+            "delete from etl.marker where target = %s and partition_date >= %s returning partition_date",
+            (target, since),
+        )
+        return sorted(row[0] for row in cur.fetchall())
