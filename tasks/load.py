@@ -94,10 +94,18 @@ def _copy(cur, table: str, columns, chunks) -> None:
 
 def _rows(dataset, date, objects, one_file, load_id, result, rejects, progress):
     """COPY rows of the valid lines of `date`; rejected ones go to the `rejects` spool."""
+    first_seen = {}  # organization_key -> where it first appeared
     for key, path in objects:
         key_text = _text(key)
         for line in records.read_lines(path, dataset.required):
             result.lines_read += 1
+            if dataset is ORGANIZATIONS and line.is_valid:
+                # The list is keyed by organization_key; a second entry would fork its history.
+                org_key = line.record["organization_key"]
+                if org_key in first_seen:
+                    line.reason = f"duplicate organization_key (first at {first_seen[org_key]})"
+                else:
+                    first_seen[org_key] = f"{key} line {line.line_number}"
             if progress and result.lines_read % 10000 == 0:
                 progress(result)
             if not _belongs(line, date, one_file):

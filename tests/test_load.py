@@ -225,3 +225,15 @@ def test_cli_exits_non_zero_when_a_task_fails(database_url, tmp_path):
     result = run_cli("load", "2024-01-02", env={"ETL_SOURCE_URL": str(tmp_path / "nowhere"), "ETL_HISTORY_START": "2024-01-01"})
     assert result.returncode == 30, result.stderr[-2000:]
     assert "not found" in result.stderr
+
+
+def test_a_second_entry_of_an_organization_is_rejected(database_url, tmp_path):
+    path = write_lines(tmp_path / "orgs.json", [{"organization_key": "o1"}, {"organization_key": "o2"},
+                                                {"organization_key": "o1", "organization_name": "again"}])
+    from tasks.load import ORGANIZATIONS
+
+    with pytest.raises(RejectRatioExceeded):
+        load_partition(ORGANIZATIONS, D1, [("orgs.json", path)], one_file=False)
+    assert query("select line_number, reason from staging.organization_rejected") == [
+        (3, "duplicate organization_key (first at orgs.json line 1)")
+    ]
