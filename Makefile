@@ -28,7 +28,7 @@ define require_date
 	@test -n "$(DATE)" || { echo "error: give a date, e.g. make $@ DATE=2024-04-30" >&2; exit 2; }
 endef
 
-.PHONY: help setup run-etl load test clean db-url
+.PHONY: help setup browser run-etl backfill luigid luigid-stop load test clean db-url
 
 help: ## list the targets (default)
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -45,15 +45,33 @@ run-etl: setup ## the whole chain for DATE: download, stage, dbt, report (FORCE=
 	$(require_date)
 	@$(PY) -m tasks run-etl "$(DATE)" --workers $(WORKERS) $(if $(filter 1 yes true,$(FORCE)),--force)
 
+backfill: setup ## the whole chain for every date from FROM to TO (WORKERS=N loads in parallel)
+	@test -n "$(FROM)" -a -n "$(TO)" || { echo "error: give a range, e.g. make backfill FROM=2024-04-01 TO=2024-04-30" >&2; exit 2; }
+	@$(PY) -m tasks backfill "$(FROM)" "$(TO)" --workers $(WORKERS)
+
+luigid: setup ## start the Luigi scheduler and web UI on port 8082 in the background
+	@$(PY) -m tasks luigid-start
+
+luigid-stop: setup ## stop the Luigi scheduler started by make luigid
+	@$(PY) -m tasks luigid-stop
+
 load: setup ## load staging for every date from history_start to DATE (WORKERS=N)
 	$(require_date)
 	@$(PY) -m tasks load "$(DATE)" --workers $(WORKERS)
 
-test: setup ## run the test suite
+# Debian's chromium drives the browser test of the Luigi UI; without it that check is skipped with a warning.
+browser: ## install Debian's chromium when missing (as root, with apt)
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing Debian's chromium for the browser test"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+		fi || echo "warning: could not install chromium; the browser test will be skipped" >&2; }
+
+test: setup browser ## run the test suite
 	$(PY) -m pytest
 
 db-url: setup ## print the URL of the database in use, password redacted
 	@$(PY) -m tasks db-url
 
-clean: setup ## stop the embedded database and remove everything the pipeline wrote
+clean: setup ## stop luigid and the embedded database, remove everything the pipeline wrote
 	@$(PY) -m tasks clean

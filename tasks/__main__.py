@@ -1,28 +1,26 @@
 """Command line behind the Makefile: `python -m tasks COMMAND ...`.
 
-Reads the command line and the configuration; runs Luigi (the central scheduler on
-[core] default_scheduler_host:port when it answers, else the local one) and exits with
-Luigi's [retcode] code. Input mistakes get one line on stderr and exit code 2.
+Reads the command line and the configuration; runs Luigi (on luigid at [core] scheduler_host:port
+when it answers, else on the local scheduler) and exits with Luigi's [retcode] code. Input
+mistakes get one line on stderr and exit code 2.
 """
 
 import argparse
 import shutil
-import socket
 import sys
 
-import luigi
 import luigi.retcodes
 from psycopg2 import sql
 
-from tasks import config, database
-
+from tasks import config, database, luigid
 
 # What the pipeline writes under <data_dir>; the bundled samples beside them stay.
-WORK_FOLDERS = ("raw", "reports", "logs", "dbt", "pgdata")
+WORK_FOLDERS = ("raw", "reports", "logs", "dbt", "luigid", "pgdata")
 
 
 def clean() -> None:
     """Reset what the pipeline made; with an external database, only the pipeline's own schemas."""
+    print(luigid.stop())
     url = config.database_url_setting()
     if url:
         with database.transaction(url) as conn, conn.cursor() as cur:
@@ -40,24 +38,13 @@ def clean() -> None:
             print(f"removed {folder}")
 
 
-def _date(text):
-    try:
-        return config.parse_date(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
 def scheduler_args() -> list:
-    """Luigi options for the central scheduler when it answers, else for the local one."""
-    core = luigi.configuration.get_config()
-    host = core.get("core", "scheduler_host", "localhost")
-    port = core.getint("core", "scheduler_port", 8082)
-    try:
-        socket.create_connection((host, port), timeout=1).close()
+    """Luigi options for luigid when it answers, else for the local scheduler."""
+    host, port = luigid.address()
+    if luigid.answers(host, port):
         return []
-    except OSError:
-        print(f"luigid is not answering on {host}:{port}; using the local scheduler", file=sys.stderr)
-        return ["--local-scheduler"]
+    print(f"luigid is not answering on {host}:{port}; using the local scheduler", file=sys.stderr)
+    return ["--local-scheduler"]
 
 
 def run_luigi(task_args: list, workers: int) -> int:
@@ -69,6 +56,13 @@ def run_luigi(task_args: list, workers: int) -> int:
     return 0
 
 
+def _date(text):
+    try:
+        return config.parse_date(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         # One line, no usage block: `make run-etl DATE=2024-13-01` should say what is wrong and stop.
@@ -78,46 +72,50 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv):
     parser = _Parser(prog="python -m tasks", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    load = commands.add_parser("load", help="load staging for every date from history_start to DATE")
-    load.add_argument("date", type=_date)
-    load.add_argument("--workers", type=int, default=1)
     run_etl = commands.add_parser("run-etl", help="the whole chain for DATE, backfilling from history_start")
     run_etl.add_argument("date", type=_date)
-    run_etl.add_argument("--workers", type=int, default=1)
     run_etl.add_argument("--force", action="store_true", help="reload DATE from the source and rebuild downstream")
+    load = commands.add_parser("load", help="load staging for every date from history_start to DATE")
+    load.add_argument("date", type=_date)
+    backfill = commands.add_parser("backfill", help="the whole chain for every date from FROM to TO")
+    backfill.add_argument("start", type=_date, metavar="FROM")
+    backfill.add_argument("date", type=_date, metavar="TO")
+    for command in (run_etl, load, backfill):
+        command.add_argument("--workers", type=int, default=1)
     commands.add_parser("db-url", help="print the database URL in use, password redacted")
-    commands.add_parser("clean", help="drop what the pipeline made: schemas or embedded server, files")
+    commands.add_parser("clean", help="stop luigid and the embedded server, drop what the pipeline made")
+    commands.add_parser("luigid-start", help="start the central scheduler and web UI in the background")
+    commands.add_parser("luigid-stop", help="stop the central scheduler this project started")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.command == "db-url":
-        print(config.redact(database.database_url()))
+    simple = {"db-url": lambda: print(config.redact(database.database_url())), "clean": clean,
+              "luigid-start": lambda: print(luigid.start()), "luigid-stop": lambda: print(luigid.stop())}
+    if args.command in simple:
+        simple[args.command]()
         return 0
-    if args.command == "clean":
-        clean()
-        return 0
-    if args.date < config.history_start():
-        print(f"error: DATE {args.date} is before history_start {config.history_start()}", file=sys.stderr)
+    first = getattr(args, "start", None) or args.date
+    if first < config.history_start() or first > args.date:
+        print(f"error: dates must run from history_start {config.history_start()} forward, "
+              f"got {first} to {args.date}", file=sys.stderr)
         return 2
+    from tasks import export, overwrite  # registers every task with Luigi
+
     if args.command == "load":
-        import tasks.load  # noqa: F401 - registers the tasks
-
         return run_luigi(["LoadHistory", "--date", args.date.isoformat()], args.workers)
-    if args.command == "run-etl":
-        from tasks import export, overwrite
-
-        if args.force:
-            for line in overwrite.invalidate(args.date):
-                print(line)
-        code = run_luigi(["RunEtl", "--date", args.date.isoformat()], args.workers)
-        if code == 0:
-            path = export.report_path(args.date)
-            print(f"report: {path}")
-            print(path.read_text(), end="")
-        return code
-    return 2
+    if args.command == "backfill":
+        return run_luigi(["Backfill", "--start", args.start.isoformat(), "--date", args.date.isoformat()], args.workers)
+    if args.force:
+        for line in overwrite.invalidate(args.date):
+            print(line)
+    code = run_luigi(["RunEtl", "--date", args.date.isoformat()], args.workers)
+    if code == 0:
+        path = export.report_path(args.date)
+        print(f"report: {path}")
+        print(path.read_text(), end="")
+    return code
 
 
 if __name__ == "__main__":

@@ -91,3 +91,13 @@ class RunEtl(luigi.WrapperTask):
 
     def requires(self):
         return DrawCohortHeatmap(self.date)
+
+
+class Backfill(luigi.WrapperTask):
+    """RunEtl for every date from `start` to `date`: loads run in parallel, dbt builds one by one."""
+
+    start = luigi.DateParameter(description="first date")
+    date = luigi.DateParameter(description="last date")
+
+    def requires(self):
+        return [RunEtl(day) for day in config.dates_between(self.start, self.date)]

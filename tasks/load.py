@@ -193,6 +193,7 @@ class LoadDataset(luigi.Task):
     def run(self):
         objects = downloaded(Path(self.input().path))
         result = load_partition(self.dataset, self.date, objects, self.one_file(), progress=self._report)
+        self.set_progress_percentage(100)
         self.set_status_message(
             f"{self.dataset.table} {self.date}: {result.rows} rows loaded, {result.rejects} rejected "
             f"of {result.lines_read} lines read"

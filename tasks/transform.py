@@ -63,7 +63,11 @@ def snapshot_is_ahead(url: str, date) -> bool:
         cur.execute("select to_regclass('snapshots.snap_organization') is not null")
         if not cur.fetchone()[0]:
             return False
-        cur.execute("select max(dbt_valid_from)::date > %s from snapshots.snap_organization", (date,))
+        # A closed or invalidated version carries its change date in dbt_valid_to.
+        cur.execute(
+            "select max(greatest(dbt_valid_from, dbt_valid_to))::date > %s from snapshots.snap_organization",
+            (date,),
+        )
         return bool(cur.fetchone()[0])
 
 
@@ -105,6 +109,11 @@ class RunDbt(luigi.Task):
 
     date = luigi.DateParameter(description="the run date D, passed to dbt as var run_date")
     resources = {"dbt": 1}
+
+    @property
+    def priority(self):
+        # Among ready builds the earliest date goes first, so the snapshot moves forward in time.
+        return -self.date.toordinal()
 
     def requires(self):
         return LoadHistory(date=self.date)
