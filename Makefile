@@ -28,7 +28,7 @@ define require_date
 	@test -n "$(DATE)" || { echo "error: give a date, e.g. make $@ DATE=2024-04-30" >&2; exit 2; }
 endef
 
-.PHONY: help setup browser run-etl backfill luigid luigid-stop load test clean db-url
+.PHONY: help setup browser run-etl backfill luigid luigid-stop load test clean db-url docs bench pip-index-url
 
 help: ## list the targets (default)
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -70,8 +70,18 @@ browser: ## install Debian's chromium when missing (as root, with apt)
 test: setup browser ## run the test suite
 	$(PY) -m pytest
 
+pip-index-url: ## print the package index URL in use (for docker compose build)
+	@echo "$(PIP_INDEX_URL)"
+
 db-url: setup ## print the URL of the database in use, password redacted
 	@$(PY) -m tasks db-url
+
+docs: setup ## regenerate docs/*.svg from the code, and dbt's docs site in docs/generated/dbt
+	@$(PY) -m tasks.diagrams --out docs
+	@$(PY) -m tasks.diagrams --out docs --dbt-docs
+
+bench: setup ## load benchmark: generated data, rows/s and peak memory (EVENTS_PER_DAY=, DAYS=)
+	$(PY) tests/benchmark.py $(if $(EVENTS_PER_DAY),--events-per-day $(EVENTS_PER_DAY)) $(if $(DAYS),--days $(DAYS))
 
 clean: setup ## stop luigid and the embedded database, remove everything the pipeline wrote
 	@$(PY) -m tasks clean

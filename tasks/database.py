@@ -55,14 +55,7 @@ create table if not exists staging.event_rejected (
 );
 create index if not exists event_rejected_date_idx on staging.event_rejected (date);
 
-create table if not exists staging.organization_rejected (
-    date date not null,
-    source_key text not null,
-    line_number integer not null,
-    raw_line bytea not null,
-    reason text not null,
-    load_id bigint not null
-);
+create table if not exists staging.organization_rejected (like staging.event_rejected);
 create index if not exists organization_rejected_date_idx on staging.organization_rejected (date);
 
 -- One row per completed (target, partition): the only record that a load or a dbt run is done.

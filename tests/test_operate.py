@@ -9,9 +9,9 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import query, run_cli, write_lines
+from conftest import query, run_cli
 
-from test_report import ORGS, REPORT_2024_03_05, WORKED_EXAMPLE
+from test_report import REPORT_2024_03_05, WORKED_EXAMPLE, one_file_source
 
 pytestmark = pytest.mark.slow
 
@@ -32,13 +32,7 @@ def api(port, method, **data):
 
 @pytest.fixture
 def worked_example(tmp_path, monkeypatch):
-    source = tmp_path / "source"
-    source.mkdir()
-    (source / "events_sample.json").write_text(WORKED_EXAMPLE)
-    write_lines(source / "orgs_sample.json", ORGS)
-    monkeypatch.setenv("ETL_SOURCE_URL", str(source))
-    monkeypatch.setenv("ETL_HISTORY_START", "2024-01-01")
-    return source
+    return one_file_source(tmp_path, monkeypatch, WORKED_EXAMPLE)
 
 
 def screenshot_of_finished_tasks(port: int, path: Path) -> list[str]:
