@@ -32,7 +32,6 @@ import luigi
 from tasks import config, database, transform
 from tasks.export import Backfill, RunEtl
 
-DBT = str(Path(sys.executable).with_name("dbt"))
 # The walk needs dates; fixed ones keep the output independent of today and of luigi.cfg. Two
 # days of history are enough to show every family and keep the walk small.
 GRAPH_DATE = datetime.date(2024, 1, 3)
@@ -146,13 +145,9 @@ def task_diagram() -> "Diagram":
 
 def dbt_parse(target_path: Path) -> Path:
     """Run `dbt parse` into `target_path`; returns the manifest. No database is contacted."""
-    # profiles.yml requires these variables even to parse; dbt parse never connects, so any will do.
-    placeholders = {"ETL_DBT_HOST": "parse-only.invalid", "ETL_DBT_USER": "dbt", "ETL_DBT_DBNAME": "dbt"}
-    env = {**os.environ, **placeholders, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
-    command = [
-        DBT, "parse", "--project-dir", str(transform.DBT_PROJECT), "--profiles-dir", str(transform.DBT_PROJECT),
-        "--target-path", str(target_path), "--log-path", str(config.data_dir() / "logs"),
-    ]
+    # profiles.yml requires its variables even to parse; dbt parse never connects, so any URL will do.
+    env = transform.dbt_environment("postgresql://dbt@parse-only.invalid/dbt")
+    command = transform.dbt_command(["parse"], target_path)
     done = subprocess.run(command, cwd=transform.DBT_PROJECT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"dbt parse failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
@@ -482,15 +477,9 @@ def dbt_docs(target_path: Path) -> int:
 
     Returns dbt's exit code; dbt prints its own progress and errors.
     """
-    url = database.database_url()
-    env = {**os.environ, **transform.dbt_environment(url), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
-    command = [
-        DBT, "docs", "generate", "--static",
-        "--project-dir", str(transform.DBT_PROJECT), "--profiles-dir", str(transform.DBT_PROJECT),
-        "--target-path", str(target_path), "--log-path", str(config.data_dir() / "logs"),
-        # Compiling needs a valid run date; which one does not matter for the documentation.
-        "--vars", json.dumps({"run_date": config.history_start().isoformat()}),
-    ]
+    # Compiling needs a valid run date; which one does not matter for the documentation.
+    command = transform.dbt_command(["docs", "generate", "--static"], target_path, config.history_start())
+    env = transform.dbt_environment(database.database_url())
     return subprocess.run(command, cwd=transform.DBT_PROJECT, env=env).returncode
 
 

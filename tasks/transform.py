@@ -19,6 +19,7 @@ from tasks import config, database
 from tasks.load import LoadHistory
 
 DBT_PROJECT = Path(__file__).resolve().parent.parent / "dbt"
+DBT = str(Path(sys.executable).with_name("dbt"))
 TARGET = "dbt.build"
 SNAPSHOT = "snap_organization"
 _PROGRESS = re.compile(r"\b(\d+) of (\d+) (OK|PASS|WARN|ERROR|FAIL|SKIP)")
@@ -29,15 +30,29 @@ class DbtFailed(Exception):
 
 
 def dbt_environment(url: str) -> dict:
-    """The variables dbt/profiles.yml reads, from libpq's reading of the database URL."""
+    """dbt's process environment: ours, plus the variables dbt/profiles.yml reads, from libpq's
+    reading of the database URL. Parsing the URL never connects."""
     params = database.connection_params(url)
     return {
+        **os.environ,
         "ETL_DBT_HOST": params.get("host", "localhost"),
         "ETL_DBT_PORT": params.get("port", "5432"),
         "ETL_DBT_USER": params.get("user", os.environ.get("USER", "postgres")),
         "ETL_DBT_PASSWORD": params.get("password", ""),
         "ETL_DBT_DBNAME": params.get("dbname", params.get("user", "postgres")),
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
     }
+
+
+def dbt_command(subcommand: list, target_path: Path, run_date=None) -> list:
+    """`dbt <subcommand>` on the project in dbt/, its artifacts in `target_path`, its log in
+    `<data_dir>/logs`, and D as var run_date when given."""
+    command = [
+        DBT, *subcommand,
+        "--project-dir", str(DBT_PROJECT), "--profiles-dir", str(DBT_PROJECT),
+        "--target-path", str(target_path), "--log-path", str(config.data_dir() / "logs"),
+    ]
+    return command + (["--vars", json.dumps({"run_date": run_date.isoformat()})] if run_date else [])
 
 
 @contextlib.contextmanager
@@ -71,27 +86,18 @@ def snapshot_is_ahead(url: str, date) -> bool:
         return bool(cur.fetchone()[0])
 
 
-def dbt_command(date, exclude_snapshot: bool) -> list:
-    work = config.data_dir()
-    command = [
-        str(Path(sys.executable).with_name("dbt")), "build",
-        "--project-dir", str(DBT_PROJECT), "--profiles-dir", str(DBT_PROJECT),
-        "--target-path", str(work / "dbt" / "target"), "--log-path", str(work / "logs"),
-        "--vars", json.dumps({"run_date": date.isoformat()}),
-    ]
-    return command + (["--exclude", SNAPSHOT] if exclude_snapshot else [])
-
-
 def run_dbt(date, progress=None) -> Path:
     """Run `dbt build` for `date`; returns the log file. Raises DbtFailed when dbt fails."""
     url = database.database_url()
     log_path = config.data_dir() / "logs" / f"dbt_build_{date.isoformat()}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with dbt_lock(url):
-        command = dbt_command(date, exclude_snapshot=snapshot_is_ahead(url, date))
-        env = {**os.environ, **dbt_environment(url), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+        command = dbt_command(["build"], config.data_dir() / "dbt" / "target", date)
+        if snapshot_is_ahead(url, date):
+            command += ["--exclude", SNAPSHOT]
         with open(log_path, "w") as log, subprocess.Popen(
-            command, cwd=DBT_PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command, cwd=DBT_PROJECT, env=dbt_environment(url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
         ) as dbt:
             for line in dbt.stdout:
                 log.write(line)
