@@ -10,7 +10,6 @@ import shutil
 import sys
 
 import luigi.retcodes
-from psycopg2 import sql
 
 from tasks import config, database, luigid
 
@@ -23,12 +22,8 @@ def clean() -> None:
     print(luigid.stop())
     url = config.database_url_setting()
     if url:
-        with database.transaction(url) as conn, conn.cursor() as cur:
-            for schema in database.PIPELINE_SCHEMAS:
-                cur.execute("select 1 from pg_namespace where nspname = %s", (schema,))
-                if cur.fetchone():
-                    cur.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(schema)))
-                    print(f"dropped schema {schema} in {config.redact(url)}")
+        for schema in database.drop_pipeline_schemas(url):
+            print(f"dropped schema {schema} in {config.redact(url)}")
     elif database.stop_embedded(database.pgdata_dir()):
         print(f"stopped the embedded PostgreSQL in {database.pgdata_dir()}")
     for name in WORK_FOLDERS:

@@ -14,6 +14,7 @@ from pathlib import Path
 import luigi
 import psycopg2
 import psycopg2.extensions
+from psycopg2 import sql
 
 from tasks import config
 
@@ -220,3 +221,24 @@ def remove_markers(target: str, since: datetime.date) -> list:
             (target, since),
         )
         return sorted(row[0] for row in cur.fetchall())
+
+
+def _existing_pipeline_schemas(cur) -> list:
+    cur.execute("select nspname from pg_namespace where nspname = any(%s)", (list(PIPELINE_SCHEMAS),))
+    found = {row[0] for row in cur.fetchall()}
+    return [schema for schema in PIPELINE_SCHEMAS if schema in found]
+
+
+def pipeline_schemas(url: str = None) -> list:
+    """The pipeline's own schemas that exist in the database, in PIPELINE_SCHEMAS order."""
+    with transaction(url) as conn, conn.cursor() as cur:
+        return _existing_pipeline_schemas(cur)
+
+
+def drop_pipeline_schemas(url: str = None) -> list:
+    """Drop the pipeline's own schemas, and nothing else in that database; returns what was dropped."""
+    with transaction(url) as conn, conn.cursor() as cur:
+        dropped = _existing_pipeline_schemas(cur)
+        for schema in dropped:
+            cur.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(schema)))
+    return dropped

@@ -87,8 +87,9 @@ def write_config(work: Path) -> Path:
 
 def start() -> str:
     host, port = address()
-    if running_pid():
-        return f"luigid already runs (pid {running_pid()}) on http://{host}:{port}"
+    pid = running_pid()
+    if pid:
+        return f"luigid already runs (pid {pid}) on http://{host}:{port}"
     if answers(host, port):
         return f"something already answers on {host}:{port}; not starting another luigid"
     work = folder()

@@ -89,24 +89,6 @@ def query(sql: str):
         return cur.fetchall()
 
 
-def existing_schemas(url: str) -> list:
-    from tasks import database
-
-    with database.transaction(url) as conn, conn.cursor() as cur:
-        cur.execute("select nspname from pg_namespace where nspname = any(%s)", (list(database.PIPELINE_SCHEMAS),))
-        return sorted(row[0] for row in cur.fetchall())
-
-
-def drop_schemas(url: str) -> None:
-    from psycopg2 import sql
-
-    from tasks import database
-
-    with database.transaction(url) as conn, conn.cursor() as cur:
-        for schema in database.PIPELINE_SCHEMAS:
-            cur.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(schema)))
-
-
 def check(days, events_per_day: int) -> list:
     """What is wrong with staging after the load; empty when it holds exactly what was generated."""
     problems = []
@@ -242,7 +224,7 @@ def main(argv=None) -> int:
     try:
         configure(tmp, args)
         url = config.database_url_setting()
-        found = existing_schemas(url) if url else []
+        found = database.pipeline_schemas(url) if url else []
         if found:
             print(f"error: {config.redact(url)} already has schemas {', '.join(found)}; "
                   "ETL_DATABASE_URL must name a scratch database without them", file=sys.stderr)
@@ -258,7 +240,7 @@ def main(argv=None) -> int:
             failures = [f"{type(err).__name__}: {err}"]
         finally:
             if url:
-                drop_schemas(url)  # only what the bench created: none of them existed before
+                database.drop_pipeline_schemas(url)  # only what the bench created: none existed before
             else:
                 database.stop_embedded(database.pgdata_dir())
     finally:

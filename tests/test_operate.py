@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import query, run_cli
 
+from tasks import database
+
 from test_report import REPORT_2024_03_05, WORKED_EXAMPLE, one_file_source
 
 pytestmark = pytest.mark.slow
@@ -89,7 +91,7 @@ def test_luigid_backfill_history_and_clean(database_url, worked_example, setting
     finally:
         run_cli("luigid-stop")
 
-    with query_connection() as cur:
+    with database.transaction() as conn, conn.cursor() as cur:
         cur.execute("create schema keep_me; create table keep_me.t (x int)")
     cleaned = run_cli("clean")
     assert cleaned.returncode == 0, cleaned.stderr
@@ -102,19 +104,6 @@ def test_luigid_backfill_history_and_clean(database_url, worked_example, setting
     assert not (tmp_path / "work" / "reports").exists() and not (tmp_path / "work" / "luigid").exists()
     with pytest.raises(OSError):
         socket.create_connection(("localhost", port), timeout=1)
-
-
-def query_connection():
-    import contextlib
-
-    from tasks import database
-
-    @contextlib.contextmanager
-    def cursor():
-        with database.transaction() as conn, conn.cursor() as cur:
-            yield cur
-
-    return cursor()
 
 
 def test_force_reloads_a_date_and_invalidates_later_reports(database_url, worked_example):
