@@ -29,14 +29,9 @@ current_history as (
     select * from {{ this }}
 ),
 
-partition_log as (
-    select * from {{ hist_user_event_partition_log() }}
-),
-
+-- the same definition the incremental strategy deletes by (macros/hist_user_event_partitions.sql)
 changed_partition as (
-    select partition_date
-    from partition_log
-    where pending_load_id is distinct from load_id
+    {{ hist_user_event_changed_partitions() }}
 ),
 
 affected_event as (

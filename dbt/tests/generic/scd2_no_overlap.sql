@@ -21,11 +21,7 @@ version as (
             partition by {{ column_name }}
             order by {{ valid_from }}, {{ valid_to }} nulls last
         ),
-        entity_versions_after as (
-            partition by {{ column_name }}
-            order by {{ valid_from }}, {{ valid_to }} nulls last
-            rows between 1 following and unbounded following
-        )
+        entity_versions_after as (entity_versions rows between 1 following and unbounded following)
 ),
 
 final as (

@@ -15,16 +15,21 @@ version as (
     from {{ model }}
 ),
 
-final as (
+entity as (
     select
         entity_key,
         count(*) filter (where is_current) as current_versions,
         count(*) filter (where is_current is distinct from is_open) as inconsistent_versions
     from version
     group by entity_key
-    having
-        count(*) filter (where is_current) {{ '>' if allow_none else '<>' }} 1
-        or count(*) filter (where is_current is distinct from is_open) > 0
+),
+
+final as (
+    select *
+    from entity
+    where
+        current_versions {{ '>' if allow_none else '<>' }} 1
+        or inconsistent_versions > 0
 )
 
 select * from final
