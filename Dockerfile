@@ -1,7 +1,10 @@
-# The pipeline image: `make run-etl` in the compose etl service, `luigid` in the luigid service.
-FROM python:3.11-slim
+# The pipeline image: `make run-etl` in the compose etl service, `make worker` in the worker
+# service, `luigid` in the luigid service.
+# Pinned to a patch release (and Debian release), so a rebuild gets the same Python.
+FROM python:3.11.14-slim-trixie
 
 # Same source as the Pipfile's `url = "${PIP_INDEX_URL}"`, so no index host is written here.
+# Optional: unset or empty means pip's own built-in default index (as the Makefile does).
 # Build args show in the image history: use an index URL without credentials.
 ARG PIP_INDEX_URL
 
@@ -11,12 +14,14 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # The pipenv version the lock file was written with, so `pipenv sync` reads it the same way.
-RUN test -n "$PIP_INDEX_URL" || { echo "build with --build-arg PIP_INDEX_URL=<package index URL>" >&2; exit 1; } \
+# An empty PIP_INDEX_URL is unset rather than handed to pip, which then uses its default index.
+RUN if [ -z "${PIP_INDEX_URL:-}" ]; then unset PIP_INDEX_URL; fi \
     && pip install --no-cache-dir pipenv==2026.10.3
 
 # Non-root: the embedded PostgreSQL (used when ETL_DATABASE_URL is empty) refuses to run as root,
 # and nothing here needs root at run time.
-# /work/data-out exists here so a fresh named volume mounted on it inherits this owner.
+# /work/data-out is the data dir (ETL_DATA_DIR below): a worker container writes it on its own
+# disk; compose bind-mounts a host folder on it for the etl service (see docker-compose.yml).
 RUN groupadd --gid 10001 etl \
     && useradd --create-home --uid 10001 --gid 10001 etl \
     && mkdir -p /app /work/data-out \
@@ -33,9 +38,16 @@ ENV PIPENV_VENV_IN_PROJECT=1 \
     PATH=/app/.venv/bin:$PATH \
     ETL_DATA_DIR=/work/data-out
 COPY --chown=10001:10001 Pipfile Pipfile.lock ./
+# The Pipfile's source is `${PIP_INDEX_URL}`, so pipenv needs a value: without the build arg, pip's
+# built-in default index, asked from the system Python's pip (the Makefile's fallback too).
 # .venv/.synced is the Makefile's setup stamp; without it every make target would re-sync
 # (with --dev, from the network) at run time. `make test` is for clones, not for this image.
-RUN pipenv sync && touch .venv/.synced && rm -rf "$HOME/.cache"
+RUN if [ -z "${PIP_INDEX_URL:-}" ]; then \
+        PIP_INDEX_URL="$(python3 -c 'from pip._internal.models.index import PyPI; print(PyPI.simple_url)')"; \
+    fi \
+    && test -n "$PIP_INDEX_URL" \
+    && export PIP_INDEX_URL \
+    && pipenv sync && touch .venv/.synced && rm -rf "$HOME/.cache"
 
 # Named paths instead of `COPY . .`, so the host's .venv, .bootstrap and data/ never enter the image
 # (the host's .venv would replace the one built above).

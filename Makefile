@@ -24,30 +24,42 @@ PIP_INDEX_URL := $(shell $(PYTHON) -c 'from pip._internal.models.index import Py
 endif
 export PIP_INDEX_URL
 
-define require_date
-	@test -n "$(DATE)" || { echo "error: give a date, e.g. make $@ DATE=2024-04-30" >&2; exit 2; }
-endef
+# Options every pipeline command takes from make variables; python -m tasks checks their values.
+RUN_OPTIONS = --workers "$(WORKERS)" $(if $(FUTURE),--allow-future "$(FUTURE)")
 
-.PHONY: help setup browser run-etl backfill luigid luigid-stop load test clean db-url docs bench pip-index-url
+.PHONY: help setup setup-dev browser run-etl backfill load worker luigid luigid-stop runs dbt test test-fast \
+	test-warehouse lint clean db-url docs bench pip-index-url
 
 help: ## list the targets (default)
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-15s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.synced ## install pipenv if missing, then the locked packages into .venv (idempotent)
+setup: $(VENV)/.synced ## install what the pipeline runs with (pipenv, then the locked packages) into .venv
 
-$(VENV)/.synced: Pipfile.lock
-	@command -v pipenv >/dev/null || test -x $(BOOTSTRAP)/bin/pipenv || { \
-		$(PYTHON) -m venv $(BOOTSTRAP) && $(BOOTSTRAP)/bin/pip install --quiet pipenv==$(PIPENV_VERSION); }
-	$(PIPENV) sync --dev
+setup-dev: $(VENV)/.synced-dev ## setup, plus the test, lint and documentation tools
+
+$(BOOTSTRAP)/bin/pipenv:
+	@echo "setup: installing pipenv $(PIPENV_VERSION) into $(BOOTSTRAP)/"
+	@$(PYTHON) -m venv $(BOOTSTRAP) && $(BOOTSTRAP)/bin/pip install --quiet pipenv==$(PIPENV_VERSION)
+
+$(VENV)/.synced: Pipfile.lock | $(PIPENV)
+	@tools/setup.sh "$(PIPENV)" runtime
+	@touch $@
+
+$(VENV)/.synced-dev: $(VENV)/.synced
+	@tools/setup.sh "$(PIPENV)" dev
 	@touch $@
 
 run-etl: setup ## the whole chain for DATE: download, stage, dbt, report (FORCE=1 reprocesses DATE, WORKERS=N)
-	$(require_date)
-	@$(PY) -m tasks run-etl "$(DATE)" --workers $(WORKERS) $(if $(filter 1 yes true,$(FORCE)),--force)
+	@$(PY) -m tasks run-etl "$(DATE)" $(RUN_OPTIONS) $(if $(FORCE),--force "$(FORCE)")
 
-backfill: setup ## the whole chain for every date from FROM to TO (WORKERS=N loads in parallel)
-	@test -n "$(FROM)" -a -n "$(TO)" || { echo "error: give a range, e.g. make backfill FROM=2024-04-01 TO=2024-04-30" >&2; exit 2; }
-	@$(PY) -m tasks backfill "$(FROM)" "$(TO)" --workers $(WORKERS)
+backfill: setup ## the whole chain for every date from FROM to TO (WORKERS=N runs tasks side by side)
+	@$(PY) -m tasks backfill "$(FROM)" "$(TO)" $(RUN_OPTIONS)
+
+load: setup ## download and load staging for every date from history_start to DATE
+	@$(PY) -m tasks load "$(DATE)" $(RUN_OPTIONS)
+
+worker: setup ## join the running luigid and run tasks it hands out (WORKERS=N), until stopped
+	@$(PY) -m tasks worker --workers "$(WORKERS)"
 
 luigid: setup ## start the Luigi scheduler and web UI on port 8082 in the background
 	@$(PY) -m tasks luigid-start
@@ -55,9 +67,11 @@ luigid: setup ## start the Luigi scheduler and web UI on port 8082 in the backgr
 luigid-stop: setup ## stop the Luigi scheduler started by make luigid
 	@$(PY) -m tasks luigid-stop
 
-load: setup ## load staging for every date from history_start to DATE (WORKERS=N)
-	$(require_date)
-	@$(PY) -m tasks load "$(DATE)" --workers $(WORKERS)
+runs: setup ## the recent runs, with their dates, status, counts and durations
+	@$(PY) -m tasks runs
+
+dbt: setup ## any dbt command against the pipeline's database, e.g. make dbt ARGS="test --select dim_user"
+	@$(PY) -m tasks dbt $(ARGS)
 
 # Debian's chromium drives the browser test of the Luigi UI; without it that check is skipped with a warning.
 browser: ## install Debian's chromium when missing (as root, with apt)
@@ -67,8 +81,17 @@ browser: ## install Debian's chromium when missing (as root, with apt)
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
 		fi || echo "warning: could not install chromium; the browser test will be skipped" >&2; }
 
-test: setup browser ## run the test suite
+test: setup-dev browser ## the whole test suite: lint, unit, dbt unit tests, end to end (real PostgreSQL and S3 protocol)
 	$(PY) -m pytest
+
+test-fast: setup-dev ## the tests without the end-to-end runs (under a minute)
+	$(PY) -m pytest -m "not slow"
+
+test-warehouse: setup ## every dbt data test on every row of the warehouse (a build checks only what it changed)
+	@$(PY) -m tasks dbt test --exclude-resource-type unit_test --vars '{test_scope: all}'
+
+lint: setup-dev ## ruff (lint and format) and sqlfluff over dbt/
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && (cd dbt && ../$(VENV)/bin/sqlfluff lint .)
 
 pip-index-url: ## print the package index URL in use (for docker compose build)
 	@echo "$(PIP_INDEX_URL)"
@@ -76,12 +99,13 @@ pip-index-url: ## print the package index URL in use (for docker compose build)
 db-url: setup ## print the URL of the database in use, password redacted
 	@$(PY) -m tasks db-url
 
-docs: setup ## regenerate docs/*.svg from the code, and dbt's docs site in docs/generated/dbt
-	@$(PY) -m tasks.diagrams --out docs
-	@$(PY) -m tasks.diagrams --out docs --dbt-docs
+docs: setup-dev browser ## regenerate the diagrams (Mermaid) and the UI picture in docs/, dbt's docs site in docs/generated/dbt
+	@$(PY) -m tools.diagrams --out docs --into docs/architecture.md
+	@$(PY) -m tools.screenshot --out docs/luigi-ui.png
+	@$(PY) -m tasks dbt docs generate --no-compile --target-path "$(CURDIR)/docs/generated/dbt"
 
-bench: setup ## load benchmark: generated data, rows/s and peak memory (EVENTS_PER_DAY=, DAYS=)
-	$(PY) tests/benchmark.py $(if $(EVENTS_PER_DAY),--events-per-day $(EVENTS_PER_DAY)) $(if $(DAYS),--days $(DAYS))
+bench: setup-dev ## the benchmark: every scale target as a ratio in one run, written to docs/performance.md
+	$(PY) -m tools.benchmark
 
-clean: setup ## stop luigid and the embedded database, remove everything the pipeline wrote
-	@$(PY) -m tasks clean
+clean: setup ## stop luigid and the embedded database, remove everything the pipeline wrote (DROP_FOREIGN=1: see README)
+	@$(PY) -m tasks clean $(if $(DROP_FOREIGN),--drop-foreign "$(DROP_FOREIGN)")

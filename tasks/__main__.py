@@ -1,31 +1,38 @@
 """Command line behind the Makefile: `python -m tasks COMMAND ...`.
 
 Reads the command line and the configuration; runs Luigi (on luigid at [core] scheduler_host:port
-when it answers, else on the local scheduler) and exits with Luigi's [retcode] code. Input
-mistakes get one line on stderr and exit code 2.
+when it answers, else on the local scheduler) and exits with Luigi's [retcode] code. Each run is
+recorded in `etl.run` and logs to `<data_dir>/logs/run-<UTC start>-<pid>.log`; the terminal gets a line per
+stage and a summary (tasks.console). Input mistakes get one line on stderr and exit code 2.
 """
 
 import argparse
+import datetime
+import json
+import logging
+import os
 import shutil
 import sys
 
 import luigi.retcodes
+import luigi.worker
 
-from tasks import config, database, luigid
+from tasks import config, console, db, luigid, processes, runs, schemas, server
 
 # What the pipeline writes under <data_dir>; the bundled samples beside them stay.
 WORK_FOLDERS = ("raw", "reports", "logs", "dbt", "luigid", "pgdata")
+INTERRUPTED = 130
 
 
-def clean() -> None:
-    """Reset what the pipeline made; with an external database, only the pipeline's own schemas."""
+def clean(drop_foreign: bool) -> None:
+    """Reset what the pipeline made; with an external database, only the pipeline's own objects."""
     print(luigid.stop())
-    url = config.database_url_setting()
-    if url:
-        for schema in database.drop_pipeline_schemas(url):
-            print(f"dropped schema {schema} in {config.redact(url)}")
-    elif database.stop_embedded(database.pgdata_dir()):
-        print(f"stopped the embedded PostgreSQL in {database.pgdata_dir()}")
+    dsn = config.database_url_setting()
+    if dsn:
+        for schema in schemas.drop_pipeline_schemas(dsn, drop_foreign):
+            print(f"dropped schema {schema} in {db.describe(dsn)}")
+    elif server.stop_embedded(server.pgdata_dir()):
+        print(f"stopped the embedded PostgreSQL in {server.pgdata_dir()}")
     for name in WORK_FOLDERS:
         folder = config.data_dir() / name
         if folder.exists():
@@ -33,29 +40,92 @@ def clean() -> None:
             print(f"removed {folder}")
 
 
-def scheduler_args() -> list:
-    """Luigi options for luigid when it answers, else for the local scheduler."""
+def scheduler() -> tuple:
+    """(Luigi options, a description): luigid when it answers, else the local scheduler."""
     host, port = luigid.address()
     if luigid.answers(host, port):
-        return []
-    print(f"luigid is not answering on {host}:{port}; using the local scheduler", file=sys.stderr)
-    return ["--local-scheduler"]
+        return [], f"luigid at http://{host}:{port}"
+    return ["--local-scheduler"], f"the local scheduler (luigid is not answering on {host}:{port})"
 
 
-def run_luigi(task_args: list, workers: int) -> int:
-    argv = task_args + ["--workers", str(workers)] + scheduler_args()
+@luigi.Task.event_handler(luigi.Event.START)
+def _task_process_dies_with_run(task):
+    # Luigi forks a process per running task when WORKERS > 1: none may outlive a killed run.
+    processes.die_with_parent()
+
+
+def log_to(path, verbose: bool) -> None:
+    """Luigi's and the pipeline's logging into `path`; with -v also to the terminal."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handlers = [logging.FileHandler(path)]
+    if verbose:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logging.basicConfig(
+        level=logging.DEBUG, handlers=handlers, force=True, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@luigi.Task.event_handler(luigi.Event.DEPENDENCY_MISSING)
+def _stop_waiting_for_others(task):
+    # An input nobody in this run produces (a daily prefix not there yet) leaves the tasks after it
+    # pending for ever on luigid, and keep-alive would wait for them: run what can run, then exit
+    # with [retcode] missing_data. The worker's settings are luigi's one cached `worker` config.
+    luigi.worker.worker().keep_alive = False
+
+
+def run_luigi(task_args: list, workers: int, scheduler_args: list, root=None) -> int:
+    # No pid lock: two runs of the same command wait for each other on the database's locks
+    # (per partition, per dbt build) and skip what the other finished, instead of one failing.
+    argv = ["--module", "tasks.workflows", *task_args, "--workers", str(workers), "--no-lock", *scheduler_args]
+    core = luigi.configuration.get_config()
+    core.set("core", "no_configure_logging", "true")  # see log_to
+    if not scheduler_args:
+        # On luigid other workers may run this run's tasks: wait for them instead of leaving. A
+        # failed task ends the wait once luigid disables it (tasks/luigid.py SCHEDULER_DEFAULTS).
+        core.set("worker", "keep_alive", "true")
     try:
         luigi.retcodes.run_with_retcodes(argv)
     except SystemExit as done:
-        return done.code or 0
-    return 0
+        code = done.code or 0
+    else:
+        code = 0
+    retcodes = luigi.retcodes.retcode()
+    if code in (retcodes.not_run, retcodes.already_running) and root is not None and root.complete():
+        # On luigid other workers may have run the last tasks, the root among them: what counts is
+        # that everything asked for is done.
+        return 0
+    return code
 
 
 def _date(text):
+    if not text:
+        raise argparse.ArgumentTypeError("give a date, e.g. make run-etl DATE=2024-04-30 (FROM= and TO= for backfill)")
     try:
         return config.parse_date(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _workers(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"WORKERS must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _switch(name):
+    """A make variable that switches something on: 1/yes/true, or 0/no/false/empty for off."""
+
+    def parse(text):
+        value = (text or "").strip().lower()
+        if value in ("1", "yes", "true"):
+            return True
+        if value in ("", "0", "no", "false"):
+            return False
+        raise argparse.ArgumentTypeError(
+            f"{name} must be 1 (or yes, true) to switch it on, got {text!r}; e.g. make run-etl DATE=2024-04-30 {name}=1"
+        )
+
+    return parse
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,47 +139,180 @@ def parse_args(argv):
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run_etl = commands.add_parser("run-etl", help="the whole chain for DATE, backfilling from history_start")
     run_etl.add_argument("date", type=_date)
-    run_etl.add_argument("--force", action="store_true", help="reload DATE from the source and rebuild downstream")
+    run_etl.add_argument(
+        "--force",
+        nargs="?",
+        const="1",
+        default=False,
+        type=_switch("FORCE"),
+        help="reload DATE from the source, rebuild reports from it on",
+    )
     load = commands.add_parser("load", help="load staging for every date from history_start to DATE")
     load.add_argument("date", type=_date)
     backfill = commands.add_parser("backfill", help="the whole chain for every date from FROM to TO")
     backfill.add_argument("start", type=_date, metavar="FROM")
     backfill.add_argument("date", type=_date, metavar="TO")
+    worker = commands.add_parser("worker", help="join the running luigid and run whatever tasks it hands out")
+    for command in (run_etl, load, backfill, worker):
+        command.add_argument("--workers", type=_workers, default=1)
+        command.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=os.environ.get("LOG_LEVEL") == "debug",
+            help="Luigi's log on the terminal too (or LOG_LEVEL=debug)",
+        )
     for command in (run_etl, load, backfill):
-        command.add_argument("--workers", type=int, default=1)
+        command.add_argument(
+            "--allow-future",
+            nargs="?",
+            const="1",
+            default=False,
+            type=_switch("FUTURE"),
+            help="accept dates after tomorrow (UTC)",
+        )
     commands.add_parser("db-url", help="print the database URL in use, password redacted")
-    commands.add_parser("clean", help="stop luigid and the embedded server, drop what the pipeline made")
+    clean_parser = commands.add_parser("clean", help="stop luigid and the embedded server, drop what the pipeline made")
+    clean_parser.add_argument(
+        "--drop-foreign",
+        nargs="?",
+        const="1",
+        default=False,
+        type=_switch("DROP_FOREIGN"),
+        help="also drop objects of others that depend on the pipeline's schemas",
+    )
     commands.add_parser("luigid-start", help="start the central scheduler and web UI in the background")
     commands.add_parser("luigid-stop", help="stop the central scheduler this project started")
+    commands.add_parser("runs", help="the recent runs with their durations")
+    dbt = commands.add_parser("dbt", help="run any dbt command against the pipeline's database")
+    dbt.add_argument("arguments", nargs=argparse.REMAINDER)
     return parser.parse_args(argv)
+
+
+def check_dates(args) -> str:
+    """Why the command's dates cannot run, or ''."""
+    first = getattr(args, "start", None) or args.date
+    start = config.history_start()
+    if first > args.date:
+        return (
+            f"the range runs backwards: FROM {first} is after TO {args.date} "
+            f"(did you mean FROM={args.date} TO={first}?)"
+        )
+    if first < start:
+        return f"{first} is before history_start {start}: the pipeline loads nothing earlier (ETL_HISTORY_START)"
+    tomorrow = datetime.datetime.now(datetime.UTC).date() + datetime.timedelta(days=1)
+    if args.date > tomorrow and not args.allow_future:
+        return (
+            f"{args.date} is in the future (after {tomorrow}, UTC); a daily source has no data yet. "
+            f"Add FUTURE=1 (--allow-future) if you mean it"
+        )
+    return ""
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    simple = {"db-url": lambda: print(config.redact(database.database_url())), "clean": clean,
-              "luigid-start": lambda: print(luigid.start()), "luigid-stop": lambda: print(luigid.stop())}
-    if args.command in simple:
-        simple[args.command]()
-        return 0
-    first = getattr(args, "start", None) or args.date
-    if first < config.history_start() or first > args.date:
-        print(f"error: dates must run from history_start {config.history_start()} forward, "
-              f"got {first} to {args.date}", file=sys.stderr)
+    try:
+        if args.command == "db-url":
+            print(db.describe(server.database_url()))
+            return 0
+        if args.command == "clean":
+            clean(args.drop_foreign)
+            return 0
+        if args.command in ("luigid-start", "luigid-stop"):
+            print(luigid.start() if args.command == "luigid-start" else luigid.stop())
+            return 0
+        if args.command == "runs":
+            print(runs.table(runs.recent()))
+            return 0
+        if args.command == "dbt":
+            from tasks import transform
+
+            return transform.run_by_hand(args.arguments)
+        problem = "" if args.command == "worker" else check_dates(args)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+        return run_command(args)
+    except (ValueError, db.DatabaseUnavailable, schemas.ForeignObjects) as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    from tasks import export, overwrite  # registers every task with Luigi
+
+
+def run_command(args) -> int:
+    first, last = (getattr(args, "start", None) or getattr(args, "date", None)), getattr(args, "date", None)
+    scheduler_args, where = scheduler()
+    if args.command == "worker" and scheduler_args:
+        print(f"error: a worker joins a running luigid, but {where.split('(')[1].rstrip(')')}", file=sys.stderr)
+        return 2
+    if args.command == "worker" and not config.database_url_setting():
+        print(
+            "error: workers share one warehouse: set ETL_DATABASE_URL (an embedded database is this machine's only)",
+            file=sys.stderr,
+        )
+        return 2
+    now = datetime.datetime.now(datetime.UTC)
+    log_path = config.data_dir() / "logs" / f"run-{now:%Y%m%dT%H%M%S}-{os.getpid()}.log"
+    run_id, started_at = runs.start(" ".join(["make", args.command] + sys.argv[2:]), first, last, where, log_path)
+    log_to(log_path, args.verbose)
+    console.configure(log_path)
+    console.say(f"run {run_id}: {args.command} {first or ''}{'' if first == last else f' … {last}'} on {where}")
+    ended = {"status": "failed", "code": 1, "result": {}}
+    try:
+        return run_tasks(args, first, last, scheduler_args, started_at, ended)
+    finally:
+        # However the run ends (an error, Ctrl-C, a worker stopped), its record says it ended.
+        runs.finish(run_id, ended["status"], ended["code"], ended["result"])
+
+
+def run_tasks(args, first, last, scheduler_args, started_at, ended: dict) -> int:
+    """Run the command's tasks and print the summary; `ended` receives how it ended, for etl.run."""
+    from tasks import export, overwrite
+
+    if last:
+        console.plan(first, last)
+
+    if args.command == "worker":
+        # An assistant takes any runnable task luigid hands out, for as long as it runs.
+        luigi.configuration.get_config().set("worker", "keep_alive", "true")
+        luigi.configuration.get_config().set("core", "no_configure_logging", "true")
+        luigi.build([], workers=args.workers, assistant=True)
+        ended.update(status="success", code=0)
+        return 0
+    days = config.dates_between(first, last)
+    from tasks import load, workflows
 
     if args.command == "load":
-        return run_luigi(["LoadHistory", "--date", args.date.isoformat()], args.workers)
-    if args.command == "backfill":
-        return run_luigi(["Backfill", "--start", args.start.isoformat(), "--date", args.date.isoformat()], args.workers)
-    if args.force:
-        for line in overwrite.invalidate(args.date):
-            print(line)
-    code = run_luigi(["RunEtl", "--date", args.date.isoformat()], args.workers)
-    if code == 0:
-        path = export.report_path(args.date)
-        print(f"report: {path}")
-        print(path.read_text(), end="")
+        task, root = ["LoadHistory", "--date", last.isoformat()], load.LoadHistory(last)
+    elif args.command == "backfill":
+        task = ["Backfill", "--start", first.isoformat(), "--date", last.isoformat()]
+        root = workflows.Backfill(first, last)
+    else:
+        days = [args.date]
+        if args.force:
+            done, days = overwrite.invalidate(args.date)
+            for line in done:
+                console.say(line)
+        task, root = ["RunEtl", "--date", args.date.isoformat()], workflows.RunEtl(args.date)
+        if len(days) > 1:
+            task = ["RebuildReports", "--dates", json.dumps([day.isoformat() for day in days])]
+            root = workflows.RebuildReports([day.isoformat() for day in days])
+    try:
+        code = run_luigi(task, args.workers, scheduler_args, root)
+        outcome = "done" if code == 0 else f"failed (exit {code})"
+    except KeyboardInterrupt:
+        code, outcome = INTERRUPTED, "interrupted"
+    ended["code"] = code
+    result = ended["result"] = console.summary(days, started_at)
+    reports = []
+    if code == 0 and args.command in ("run-etl", "backfill"):
+        paths = export.deliver(days)
+        reports = [
+            (path, console.report_rows(path)) for path in (paths[:1] if args.command == "run-etl" else paths[-1:])
+        ]
+    console.print_summary(result, days, outcome, reports)
+    if reports and args.command == "run-etl":
+        print(reports[0][0].read_text(), end="")
+    ended["status"] = "success" if code == 0 else outcome.split(" ")[0]
     return code
 
 

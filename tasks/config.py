@@ -8,7 +8,6 @@ import datetime
 import os
 import re
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import luigi
 
@@ -16,18 +15,29 @@ import luigi
 class etl(luigi.Config):  # noqa: N801 - Luigi names a Config class after its section
     data_dir = luigi.Parameter(default="data", description="working folder; env ETL_DATA_DIR")
     database_url = luigi.Parameter(
-        default="", description="PostgreSQL URL, empty for the embedded server; env ETL_DATABASE_URL"
+        default="", description="PostgreSQL URL or keyword DSN, empty for the embedded server; env ETL_DATABASE_URL"
     )
-    history_start = luigi.DateParameter(
-        default=datetime.date(2024, 1, 1), description="first date ever loaded; env ETL_HISTORY_START"
+    history_start = luigi.Parameter(
+        default="2024-01-01", description="first date ever loaded, YYYY-MM-DD; env ETL_HISTORY_START"
     )
     max_reject_ratio = luigi.FloatParameter(default=0.01, description="share of bad lines a load tolerates")
+    database_timeout_seconds = luigi.IntParameter(
+        default=30, description="how long PostgreSQL may leave a connection attempt or a check unanswered"
+    )
+    dbt_work_mem = luigi.Parameter(
+        default="256MB", description="work_mem of dbt's sessions: a build's sorts and hashes stay in memory"
+    )
+    load_batch_size = luigi.IntParameter(
+        default=7, description="dates of the daily layout one load task takes at most (one-file: all)"
+    )
 
 
 class source(luigi.Config):  # noqa: N801
     url = luigi.Parameter(default="data", description="s3://bucket[/prefix] or a local folder; env ETL_SOURCE_URL")
     events_key = luigi.Parameter(default="events_sample.json", description="events key; {date} makes it daily")
     orgs_key = luigi.Parameter(default="orgs_sample.json", description="organizations key")
+    timeout_seconds = luigi.IntParameter(default=30, description="S3 connect and read timeout, per attempt")
+    max_attempts = luigi.IntParameter(default=4, description="S3 attempts per request before a task fails")
 
 
 def _env(name):
@@ -40,17 +50,29 @@ def data_dir() -> Path:
 
 
 def database_url_setting() -> str:
-    """The configured URL, or '' when the embedded server is to be used."""
+    """The configured connection string, or '' when the embedded server is to be used."""
     return _env("ETL_DATABASE_URL") or etl().database_url
 
 
 def history_start() -> datetime.date:
     value = _env("ETL_HISTORY_START")
-    return parse_date(value, "ETL_HISTORY_START") if value else etl().history_start
+    return parse_date(value or etl().history_start, "ETL_HISTORY_START" if value else "[etl] history_start")
 
 
 def max_reject_ratio() -> float:
     return float(etl().max_reject_ratio)
+
+
+def database_timeout() -> int:
+    return int(etl().database_timeout_seconds)
+
+
+def dbt_work_mem() -> str:
+    return etl().dbt_work_mem
+
+
+def load_batch_size() -> int:
+    return max(1, int(etl().load_batch_size))
 
 
 def source_url() -> str:
@@ -65,6 +87,14 @@ def orgs_key() -> str:
     return source().orgs_key
 
 
+def source_timeout() -> int:
+    return int(source().timeout_seconds)
+
+
+def source_attempts() -> int:
+    return max(1, int(source().max_attempts))
+
+
 def parse_date(value: str, what: str = "DATE") -> datetime.date:
     """A strict YYYY-MM-DD date, or a ValueError whose text fits on one line."""
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value or ""):
@@ -73,21 +103,6 @@ def parse_date(value: str, what: str = "DATE") -> datetime.date:
         return datetime.date.fromisoformat(value)
     except ValueError:
         raise ValueError(f"{what} is not a calendar date: {value!r}") from None
-
-
-def redact(url: str) -> str:
-    """The URL with its password replaced, safe to print or log."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = netloc[0].split(":", 1)[0] + ":***"
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[1]}"))
-
-
-def partition_path(area: str, dataset: str, date: datetime.date) -> Path:
-    """`<data_dir>/<area>/<dataset>/<date>`: the one place a task's file output is named."""
-    return data_dir() / area / dataset / date.isoformat()
 
 
 def is_daily(key: str) -> bool:

@@ -1,39 +1,47 @@
-"""Export: the cohort report of date D as CSV (and its heatmap), and the whole-chain task RunEtl.
+"""Export: each report date's cohort report as CSV and its heatmap (PNG and SVG).
 
-Reads `reporting.cohort_summary` rows with as_of_date = D (built by tasks.transform); writes
-`<data_dir>/reports/cohort_summary_<D>.csv` and `cohort_summary_<D>.png`, each atomically.
+Reads `reporting.cohort_summary` rows of the dates (built by tasks.transform). Writes each file's
+bytes into `etl.report` (its completion record, which every machine can read) and into
+`<data_dir>/reports/cohort_summary_<D>.<csv|png|svg>`, atomically; `deliver` writes the files of
+given dates on the machine that asked for them, whichever worker exported them.
 """
 
 import csv
 import io
+import os
 
 import luigi
 
-from tasks import config, database
-from tasks.transform import RunDbt
+from tasks import completion, config, console, db
+from tasks.partitions import LoadedThrough, PartitionDate, dates
+from tasks.transform import BuildWarehouse
 
 HEADER = ("cohort_month", "months_since_signup", "cohort_size", "active_users", "retention_rate")
+PICTURES = ("png", "svg")
 
 
-def report_path(date, suffix: str = "csv"):
-    return config.data_dir() / "reports" / f"cohort_summary_{date.isoformat()}.{suffix}"
+def report_path(date, kind: str = "csv"):
+    return config.data_dir() / "reports" / f"cohort_summary_{date.isoformat()}.{kind}"
 
 
-def report_rows(date) -> list:
-    """D's report rows in the contract's order, read in one read-only snapshot."""
-    with database.transaction() as conn:
+def report_rows(days) -> dict:
+    """Each date's report rows in the contract's order, read in one read-only snapshot."""
+    with db.transaction() as conn:
         conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
         with conn.cursor() as cur:
             cur.execute(
                 """
-                select cohort_month, months_since_signup, cohort_size, active_users, retention_rate
+                select as_of_date, cohort_month, months_since_signup, cohort_size, active_users, retention_rate
                 from reporting.cohort_summary
-                where as_of_date = %s
-                order by cohort_month, months_since_signup
+                where as_of_date = any(%s)
+                order by as_of_date, cohort_month, months_since_signup
                 """,
-                (date,),
+                (list(days),),
             )
-            return cur.fetchall()
+            rows = {day: [] for day in days}
+            for as_of_date, *row in cur.fetchall():
+                rows[as_of_date].append(row)
+            return rows
 
 
 def render_csv(rows) -> str:
@@ -46,58 +54,92 @@ def render_csv(rows) -> str:
     return out.getvalue()
 
 
-class ExportCohortSummary(luigi.Task):
-    """Write D's cohort report CSV from reporting.cohort_summary."""
+def write_file(path, content: bytes) -> None:
+    """Write `path` through a temporary file renamed into place: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(content)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
-    date = luigi.DateParameter(description="report date D")
+
+def store(files: dict) -> None:
+    """Record {(date, kind): bytes} in etl.report (one transaction) and write the local files."""
+    with db.transaction() as conn, conn.cursor() as cur:
+        completion.ensure_tables(cur)
+        cur.executemany(
+            """
+            insert into etl.report (run_date, kind, content) values (%s, %s, %s)
+            on conflict (run_date, kind) do update set content = excluded.content, exported_at = now()
+            """,
+            [(day, kind, content) for (day, kind), content in files.items()],
+        )
+    for (day, kind), content in files.items():
+        write_file(report_path(day, kind), content)
+
+
+def stored(days, kind: str) -> dict:
+    """{date: bytes} of the recorded files of a kind."""
+    with db.transaction() as conn, conn.cursor() as cur:
+        cur.execute(
+            "select run_date, content from etl.report where run_date = any(%s) and kind = %s", (list(days), kind)
+        )
+        return {day: bytes(content) for day, content in cur.fetchall()}
+
+
+def deliver(days) -> list:
+    """Write the recorded report files of `days` here (another worker may have exported them);
+    returns the CSV paths."""
+    for kind in ("csv",) + PICTURES:
+        for day, content in stored(days, kind).items():
+            path = report_path(day, kind)
+            if not path.exists() or path.read_bytes() != content:
+                write_file(path, content)
+    return [report_path(day) for day in days]
+
+
+class ExportCohortSummary(luigi.Task):
+    """Write each date's cohort report CSV from reporting.cohort_summary."""
+
+    date = PartitionDate(description="report date D (a batch of dates when Luigi batches the runs)")
+    loaded_through = LoadedThrough()
 
     def requires(self):
-        return RunDbt(self.date)
+        return BuildWarehouse(dates(self), self.loaded_through)
 
     def output(self):
-        return luigi.LocalTarget(str(report_path(self.date)))
+        return [completion.REPORTS.target(day, "csv") for day in dates(self)]
 
     def run(self):
-        rows = report_rows(self.date)
-        self.output().makedirs()
-        with self.output().temporary_path() as temporary:
-            with open(temporary, "w", newline="") as out:
-                out.write(render_csv(rows))
-        self.set_status_message(f"{len(rows)} report rows written")
+        rows = report_rows(dates(self))
+        store({(day, "csv"): render_csv(rows[day]).encode() for day in dates(self)})
+        self.set_status_message(", ".join(f"{day}: {len(rows[day])} rows" for day in dates(self)))
+        self.summary = f"exported the report of {console.span(dates(self))}"
 
 
 class DrawCohortHeatmap(luigi.Task):
-    """Draw D's retention heatmap next to its CSV."""
+    """Draw each date's retention heatmap (PNG and SVG) from its exported CSV."""
 
-    date = luigi.DateParameter(description="report date D")
+    date = PartitionDate(description="report date D (a batch of dates when Luigi batches the runs)")
+    loaded_through = LoadedThrough()
 
     def requires(self):
-        return ExportCohortSummary(self.date)
+        return ExportCohortSummary(dates(self), self.loaded_through)
 
     def output(self):
-        return luigi.LocalTarget(str(report_path(self.date, "png")))
+        return [completion.REPORTS.target(day, kind) for day in dates(self) for kind in PICTURES]
 
     def run(self):
         # matplotlib is imported only by the task that draws, not by every worker that schedules.
-        from tasks.heatmap import write_heatmap
+        from tasks import heatmap
 
-        write_heatmap(self.input().path, self.output().path)
-
-
-class RunEtl(luigi.WrapperTask):
-    """The whole chain for D: download, stage, dbt build, report and heatmap."""
-
-    date = luigi.DateParameter(description="run date D")
-
-    def requires(self):
-        return DrawCohortHeatmap(self.date)
-
-
-class Backfill(luigi.WrapperTask):
-    """RunEtl for every date from `start` to `date`: loads run in parallel, dbt builds one by one."""
-
-    start = luigi.DateParameter(description="first date")
-    date = luigi.DateParameter(description="last date")
-
-    def requires(self):
-        return [RunEtl(day) for day in config.dates_between(self.start, self.date)]
+        csvs = stored(dates(self), "csv")
+        store(
+            {
+                (day, kind): heatmap.render(csvs[day].decode(), day.isoformat(), kind)
+                for day in dates(self)
+                for kind in PICTURES
+            }
+        )

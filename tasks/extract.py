@@ -1,26 +1,39 @@
-"""Extract: copy the source objects of one date into `<data_dir>/raw/<dataset>/<date>/`.
+"""Extract: find the source objects of each date and land them where its load will read them.
 
-Reads the source root (`s3://bucket[/prefix]` through boto3, or a local folder) named by
-`[source] url`; writes one folder per dataset and date holding the objects and a
-`_manifest.json` (source key and size of each). The folder appears whole or not at all.
+Reads the source root named by `[source] url` (`s3://bucket[/prefix]` through boto3, or a local
+folder). A local source is copied into `<data_dir>/raw/<dataset>/<key>` (each object once, however
+many dates share it, replaced atomically); an S3 source is not copied: every worker's load streams
+it from S3, so no task reads another worker's disk. Writes the download record of each date
+(`etl.download`: which objects, where landed) as the task's completion record.
 """
 
 import json
 import os
 import shutil
-import tempfile
-from pathlib import Path
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import luigi
 
-from tasks import config
+from tasks import completion, config, console, db
+from tasks.partitions import PartitionDate, dates
 
-MANIFEST = "_manifest.json"
+
+class SourceError(Exception):
+    """The source cannot be read as a whole: the task fails with this message and loads nothing."""
+
+
+@dataclass(frozen=True)
+class SourceObject:
+    key: str  # under the source root
+    size: int
+    path: str | None = None  # the landed local copy; None: read it from the source
 
 
 class Source:
-    """The source root: list, size and copy objects by key, on S3 or in a local folder."""
+    """The source root: list, size, open and copy objects by key, on S3 or in a local folder."""
 
     def __init__(self, url: str):
         self.url = url
@@ -35,15 +48,42 @@ class Source:
     def describe(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._s3_key(key)}" if self.is_s3 else str(self.root / key)
 
-    def list(self, prefix: str) -> list:
-        """(key, size) of every object under `prefix` (a key ending in '/'), sorted by key."""
+    def objects(self, key: str) -> list:
+        """What `key` names: every object under a prefix (a key ending in '/'), or the one object."""
+        if key.endswith("/"):
+            return self._list(key)
+        size = self._size(key)
+        return [] if size is None else [SourceObject(key, size)]
+
+    def open(self, obj: SourceObject):
+        """A binary stream of the object's bytes (the landed copy when there is one)."""
+        if obj.path:
+            return open(obj.path, "rb")
+        if not self.is_s3:
+            return open(self.root / obj.key, "rb")
+        response = self._call("read", obj.key, self._client().get_object, Bucket=self.bucket, Key=self._s3_key(obj.key))
+        return _S3Body(self, obj.key, response["Body"])
+
+    def copy(self, key: str, destination: Path) -> int:
+        """Copy one object of a local source to `destination`; returns the bytes written."""
+        shutil.copyfile(self.root / key, destination)
+        return destination.stat().st_size
+
+    def _list(self, prefix: str) -> list:
         if self.is_s3:
-            paginator = self._client().get_paginator("list_objects_v2")
-            # A daily prefix may hold more than 1,000 objects: the paginator follows every page.
-            pages = paginator.paginate(Bucket=self.bucket, Prefix=self._s3_key(prefix))
             root = self._s3_key("")
+            # A daily prefix may hold more than 1,000 objects: the paginator follows every page.
+            pages = self._call(
+                "list",
+                prefix,
+                lambda: list(
+                    self._client()
+                    .get_paginator("list_objects_v2")
+                    .paginate(Bucket=self.bucket, Prefix=self._s3_key(prefix))
+                ),
+            )
             found = [
-                (obj["Key"][len(root) :], obj["Size"])
+                SourceObject(obj["Key"][len(root) :], obj["Size"])
                 for page in pages
                 for obj in page.get("Contents", [])
                 if not obj["Key"].endswith("/")
@@ -51,40 +91,27 @@ class Source:
         else:
             folder = self.root / prefix
             found = [
-                (path.relative_to(self.root).as_posix(), path.stat().st_size)
+                SourceObject(_key_text(path.relative_to(self.root)), path.stat().st_size)
                 for path in (folder.rglob("*") if folder.is_dir() else [])
                 if path.is_file()
             ]
-        return sorted(found)
+        return sorted(found, key=lambda obj: obj.key)
 
-    def size(self, key: str):
-        """Size of the object in bytes, or None when there is no such object."""
-        if self.is_s3:
-            from botocore.exceptions import ClientError
+    def _size(self, key: str):
+        if not self.is_s3:
+            path = self.root / key
+            return path.stat().st_size if path.is_file() else None
+        from botocore.exceptions import ClientError
 
-            try:
-                return self._client().head_object(Bucket=self.bucket, Key=self._s3_key(key))["ContentLength"]
-            except ClientError as err:
-                if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                    return None
-                raise
-        path = self.root / key
-        return path.stat().st_size if path.is_file() else None
-
-    def objects(self, key: str) -> list:
-        """(key, size) of what `key` names: every object under a prefix, or the one object."""
-        if key.endswith("/"):
-            return self.list(key)
-        size = self.size(key)
-        return [] if size is None else [(key, size)]
-
-    def copy(self, key: str, destination: Path) -> int:
-        """Copy one object to `destination`; returns the bytes written."""
-        if self.is_s3:
-            self._client().download_file(self.bucket, self._s3_key(key), str(destination))
-        else:
-            shutil.copyfile(self.root / key, destination)
-        return destination.stat().st_size
+        try:
+            response = self._call(
+                "read", key, self._client().head_object, Bucket=self.bucket, Key=self._s3_key(key), missing_ok=True
+            )
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return response["ContentLength"]
 
     def _s3_key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -94,39 +121,151 @@ class Source:
             import boto3
             from botocore.config import Config
 
-            # Endpoint (AWS_ENDPOINT_URL[_S3]) and credentials come from boto3's own chain.
-            self._s3 = boto3.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 5}))
+            # Endpoint (AWS_ENDPOINT_URL[_S3]) and credentials come from boto3's own chain. Timeouts
+            # and attempts are bounded so an endpoint that never answers fails the task in minutes.
+            timeout = config.source_timeout()
+            self._s3 = boto3.client(
+                "s3",
+                config=Config(
+                    connect_timeout=timeout,
+                    read_timeout=timeout,
+                    retries={"mode": "standard", "total_max_attempts": config.source_attempts()},
+                ),
+            )
         return self._s3
+
+    def _call(self, action: str, key: str, function, *args, missing_ok=False, **kwargs):
+        """Call S3; any failure becomes a SourceError naming the object and the endpoint."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return function(*args, **kwargs)
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code", "")
+            if missing_ok and code in ("404", "NoSuchKey", "NotFound"):
+                raise
+            raise SourceError(self._failure(action, key, _client_error(code, err))) from None
+        except BotoCoreError as err:
+            raise SourceError(self._failure(action, key, str(err))) from None
+
+    def _failure(self, action: str, key: str, reason: str) -> str:
+        endpoint = self._client().meta.endpoint_url
+        return f"cannot {action} {self.describe(key)} (endpoint {endpoint}): {reason}"
+
+
+def _client_error(code: str, err) -> str:
+    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "ExpiredToken"):
+        return f"{code}: check the credentials (boto3's chain: AWS_ACCESS_KEY_ID, AWS_PROFILE, …)"
+    if code == "NoSuchBucket":
+        return "no such bucket: check [source] url / ETL_SOURCE_URL"
+    return f"{code}: {err.response.get('Error', {}).get('Message', '')}".strip(": ")
+
+
+class _S3Body:
+    """An S3 object's body as a file: a read error or a short body names the object and endpoint."""
+
+    def __init__(self, src: Source, key: str, body):
+        self._src, self._key, self._body = src, key, body
+
+    def read(self, size=-1) -> bytes:
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            return self._body.read(size if size >= 0 else None)
+        except BotoCoreError as err:  # a read timeout, a reset, a body shorter than its length
+            raise SourceError(self._src._failure("read", self._key, str(err))) from None
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._body.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _key_text(relative: Path) -> str:
+    """A local file's key, refusing names that are not UTF-8 (they cannot be named in the warehouse)."""
+    key = relative.as_posix()
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(key).decode("utf-8", "backslashreplace")
+        raise SourceError(f"a source file name is not UTF-8: {shown} (rename it)") from None
+    return key
 
 
 def source() -> Source:
     return Source(config.source_url())
 
 
-def download(objects: list, destination: Path) -> None:
-    """Copy `objects` into `destination` atomically: a temporary folder renamed when complete."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}-", dir=destination.parent))
+# ---------------------------------------------------------------------------------------------
+# Landing local objects
+
+
+def landing_folder(dataset: str) -> Path:
+    return config.data_dir() / "raw" / dataset
+
+
+def _temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+
+
+def remove_stale_temporaries(folder: Path) -> list:
+    """Remove temporary files of downloads killed mid-way on this host; returns what was removed."""
+    removed = []
+    host = socket.gethostname()
+    for path in folder.rglob(".*.tmp") if folder.is_dir() else []:
+        parts = path.name.rsplit(".", 3)  # .<name>.<host>.<pid>.tmp
+        if len(parts) == 4 and parts[1] == host and parts[2].isdigit() and not _alive(int(parts[2])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
     try:
-        manifest = []
-        src = source()
-        for number, (key, expected) in enumerate(objects):
-            # Numbered names keep the source order and cannot collide, whatever the keys look like.
-            local = staging / f"{number:05d}-{Path(key).name}"
-            written = src.copy(key, local)
-            if written != expected:
-                raise IOError(f"{src.describe(key)}: expected {expected} bytes, received {written}")
-            manifest.append({"key": key, "size": written, "file": local.name})
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        os.rename(staging, destination)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
-def downloaded(folder: Path) -> list:
-    """(source key, local path) of each object a download folder holds, in source order."""
-    manifest = json.loads((folder / MANIFEST).read_text())
-    return [(entry["key"], folder / entry["file"]) for entry in manifest]
+def land(src: Source, dataset: str, obj: SourceObject) -> SourceObject:
+    """Copy one object of a local source into the landing folder, unless an equal copy is there.
+
+    The copy is written to a temporary file and renamed into place, so a reader (or a concurrent
+    run landing the same object) sees the old or the new file, never half of one.
+    """
+    relative = PurePosixPath(obj.key)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise SourceError(f"source key {obj.key!r} points outside the source root")
+    destination = landing_folder(dataset) / relative
+    if not (
+        destination.is_file()
+        and destination.stat().st_size == obj.size
+        and destination.stat().st_mtime_ns >= (src.root / obj.key).stat().st_mtime_ns
+    ):
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        temporary = _temporary_name(destination)
+        try:
+            written = src.copy(obj.key, temporary)
+            if written != obj.size:
+                raise SourceError(f"{src.describe(obj.key)}: expected {obj.size} bytes, copied {written}; re-run")
+            os.replace(temporary, destination)
+        finally:
+            temporary.unlink(missing_ok=True)
+    return SourceObject(obj.key, obj.size, str(destination))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks
 
 
 class SourceTarget(luigi.Target):
@@ -136,7 +275,12 @@ class SourceTarget(luigi.Target):
         self.key = key
 
     def exists(self) -> bool:
-        return bool(source().objects(self.key))
+        # Whether anything is there, not whether it is readable: a bad object is reported by the
+        # download, with a clear message, not by a completion check.
+        try:
+            return bool(source().objects(self.key))
+        except SourceError:
+            return True
 
 
 class EventsArrived(luigi.ExternalTask):
@@ -149,44 +293,86 @@ class EventsArrived(luigi.ExternalTask):
 
 
 class DownloadDataset(luigi.Task):
-    """Copy one dataset's objects for `date` into `<data_dir>/raw/<dataset>/<date>/`."""
+    """Find one dataset's source objects for each date and land them (a local source) once."""
 
-    date = luigi.DateParameter(description="partition date")
+    date = PartitionDate(description="partition date (a batch of dates when Luigi batches the runs)")
     dataset = None  # set by subclasses
 
-    def source_key(self) -> str:
+    def source_key(self, day) -> str:
         raise NotImplementedError
 
     def output(self):
-        return luigi.LocalTarget(str(config.partition_path("raw", self.dataset, self.date)))
+        return [completion.DOWNLOADS.target(day, self.dataset) for day in dates(self)]
 
     def run(self):
-        key = self.source_key()
-        objects = source().objects(key)
-        if not objects:
-            raise FileNotFoundError(
-                f"source {source().describe(key)} not found: check [source] url / ETL_SOURCE_URL and the key"
+        src = source()
+        remove_stale_temporaries(landing_folder(self.dataset))
+        by_key = {}
+        for day in dates(self):
+            by_key.setdefault(self.source_key(day), []).append(day)
+        records = []
+        sizes = {}
+        for key, days in by_key.items():
+            objects = src.objects(key)
+            if not objects:
+                raise SourceError(
+                    f"source {src.describe(key)} not found: check [source] url / ETL_SOURCE_URL and the key"
+                )
+            self.set_status_message(f"{len(objects)} object(s) at {src.describe(key)}")
+            if not src.is_s3:
+                objects = [land(src, self.dataset, obj) for obj in objects]
+            manifest = json.dumps([asdict(obj) for obj in objects])
+            records += [(self.dataset, day, manifest) for day in days]
+            sizes.update((obj.key, obj.size) for obj in objects)
+        with db.transaction() as conn, conn.cursor() as cur:
+            completion.ensure_tables(cur)
+            cur.executemany(
+                """
+                insert into etl.download (dataset, partition_date, objects) values (%s, %s, %s)
+                on conflict (dataset, partition_date) do update
+                    set objects = excluded.objects, downloaded_at = now()
+                """,
+                records,
             )
-        self.set_status_message(f"downloading {len(objects)} object(s) from {source().describe(key)}")
-        download(objects, Path(self.output().path))
+        how = "read in place from S3" if src.is_s3 else f"landed in {landing_folder(self.dataset)}"
+        self.summary = (
+            f"found {self.dataset} for {console.span(dates(self))}: {len(sizes)} object(s), "
+            f"{sum(sizes.values()) / 1e6:.1f} MB, {how}"
+        )
+
+
+def downloaded(dataset: str, days) -> dict:
+    """The SourceObjects of each of a dataset's partitions, as their downloads recorded them."""
+    with db.transaction() as conn, conn.cursor() as cur:
+        cur.execute(
+            "select partition_date, objects from etl.download where dataset = %s and partition_date = any(%s)",
+            (dataset, list(days)),
+        )
+        found = {day: tuple(SourceObject(**obj) for obj in objects) for day, objects in cur.fetchall()}
+    missing = sorted(set(days) - set(found))
+    if missing:
+        raise SourceError(f"no download recorded for {dataset} {', '.join(map(str, missing))}")
+    return found
 
 
 class DownloadEvents(DownloadDataset):
-    """Events of `date`: the day's objects (daily layout) or the whole file (one-file layout)."""
+    """Events of each date: the day's objects (daily layout) or the one file (one-file layout)."""
 
     dataset = "events"
 
-    def requires(self):
-        return EventsArrived(self.date) if config.is_daily(config.events_key()) else []
+    def source_key(self, day) -> str:
+        return config.events_key().format(date=day.isoformat())
 
-    def source_key(self) -> str:
-        return config.events_key().format(date=self.date.isoformat())
+    def requires(self):
+        if config.is_daily(config.events_key()):
+            return [EventsArrived(day) for day in dates(self)]
+        return []
 
 
 class DownloadOrganizations(DownloadDataset):
-    """The full current organization list, as it stands when `date` is loaded."""
+    """The full current organization list, as it stands when each date is loaded."""
 
     dataset = "organizations"
 
-    def source_key(self) -> str:
-        return config.orgs_key().format(date=self.date.isoformat())
+    def source_key(self, day) -> str:
+        return config.orgs_key().format(date=day.isoformat())

@@ -1,11 +1,12 @@
 """Retention heatmap of a cohort report: cohorts down, months since signup across.
 
-Reads a report CSV (`cohort_summary_YYYY-MM-DD.csv`, data contract section 6); writes a PNG,
-atomically. Command line: `python -m tasks.heatmap CSV [PNG]` (PNG defaults to CSV with .png).
+Reads a report's CSV text (data contract section 6); returns the picture as PNG (at least 1600 px
+wide, for a slide) or SVG bytes, the same bytes for the same report. Command line:
+`python -m tasks.heatmap CSV [OUT.png|OUT.svg]` writes a file next to the CSV by default.
 """
 
 import csv
-import os
+import io
 import re
 import sys
 from pathlib import Path
@@ -18,57 +19,47 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import PercentFormatter  # noqa: E402
 
 COLUMNS = ["cohort_month", "months_since_signup", "cohort_size", "active_users", "retention_rate"]
+WIDTH_INCHES = 16  # at DPI, 1600 px: readable on a slide
+DPI = 100
 
-# Matplotlib stamps its version into PNGs; without it the same report gives the same bytes.
-PNG_METADATA = {"Software": None}
-
-
-def read_report(csv_path) -> list:
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames != COLUMNS:
-            raise ValueError(f"{csv_path}: header must be {','.join(COLUMNS)}, got {reader.fieldnames}")
-        return [
-            {
-                "cohort_month": row["cohort_month"],
-                "months_since_signup": int(row["months_since_signup"]),
-                "cohort_size": int(row["cohort_size"]),
-                "retention_rate": float(row["retention_rate"]),
-            }
-            for row in reader
-        ]
+# Matplotlib stamps its version and the time into files; without them the same report gives the
+# same bytes. The SVG's element ids come from a hash salted with this fixed text.
+METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
+matplotlib.rcParams["svg.hashsalt"] = "product-events-etl"
 
 
-def report_date(csv_path) -> str:
-    """The date in `cohort_summary_YYYY-MM-DD.csv`, or the bare file name for any other name."""
-    name = Path(csv_path).name
-    match = re.fullmatch(r"cohort_summary_(\d{4}-\d{2}-\d{2})\.csv", name)
-    return match.group(1) if match else name
+def read_report(csv_text: str) -> list:
+    reader = csv.DictReader(io.StringIO(csv_text))
+    if reader.fieldnames != COLUMNS:
+        raise ValueError(f"a report's header must be {','.join(COLUMNS)}, got {reader.fieldnames}")
+    return [
+        {
+            "cohort_month": row["cohort_month"],
+            "months_since_signup": int(row["months_since_signup"]),
+            "cohort_size": int(row["cohort_size"]),
+            "retention_rate": float(row["retention_rate"]),
+        }
+        for row in reader
+    ]
 
 
-def write_heatmap(csv_path, png_path) -> Path:
-    """Draw the report at `csv_path` into `png_path`; returns `png_path`."""
-    rows = read_report(csv_path)
-    title = f"Retention by signup cohort, report of {report_date(csv_path)}"
+def render(csv_text: str, report_date: str, fmt: str = "png") -> bytes:
+    """The heatmap of a report as PNG or SVG bytes."""
+    rows = read_report(csv_text)
+    title = f"Retention by signup cohort, report of {report_date}"
     fig = _empty_figure(title) if not rows else _heatmap_figure(rows, title)
-    png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder, so os.replace is a rename on one filesystem: readers see the old or the new
-    # file, never half of one. The pid keeps concurrent Luigi workers off each other's temp file.
-    tmp = png_path.with_name(f".{png_path.name}.{os.getpid()}.tmp")
+    out = io.BytesIO()
     try:
-        fig.savefig(tmp, format="png", dpi=100, metadata=PNG_METADATA)
-        os.replace(tmp, png_path)
+        fig.savefig(out, format=fmt, dpi=DPI, metadata=METADATA[fmt])
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return png_path
+    return out.getvalue()
 
 
 def _empty_figure(title):
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.set_title(title)
-    ax.text(0.5, 0.5, "no cohorts yet", ha="center", va="center", fontsize=14, color="dimgray")
+    fig, ax = plt.subplots(figsize=(WIDTH_INCHES, 6))
+    ax.set_title(title, fontsize=18)
+    ax.text(0.5, 0.5, "no cohorts yet", ha="center", va="center", fontsize=24, color="dimgray")
     ax.set_axis_off()
     return fig
 
@@ -83,33 +74,43 @@ def _heatmap_figure(rows, title):
         rates[cohorts.index(row["cohort_month"]), row["months_since_signup"]] = row["retention_rate"]
         sizes[row["cohort_month"]] = row["cohort_size"]
 
-    # The figure grows with the grid so cell labels stay legible for long histories.
-    fig, ax = plt.subplots(figsize=(max(6.0, 2.5 + 0.75 * months), max(3.0, 1.5 + 0.45 * len(cohorts))))
+    # At least slide width; wider and taller with the grid so cell labels stay legible.
+    fig, ax = plt.subplots(figsize=(max(WIDTH_INCHES, 3 + 0.9 * months), max(6.0, 2 + 0.5 * len(cohorts))))
     cmap = plt.get_cmap("Blues").with_extremes(bad="whitesmoke")
     image = ax.imshow(np.ma.masked_invalid(rates), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
-    for y, x in zip(*np.nonzero(~np.isnan(rates))):
+    for y, x in zip(*np.nonzero(~np.isnan(rates)), strict=True):
         rate = rates[y, x]
-        ax.text(x, y, f"{rate:.1%}", ha="center", va="center", fontsize=8,
-                color="white" if rate > 0.6 else "black")  # dark cells need light text
+        ax.text(
+            x, y, f"{rate:.1%}", ha="center", va="center", fontsize=11, color="white" if rate > 0.6 else "black"
+        )  # dark cells need light text
 
-    ax.set_title(title)
-    ax.set_xlabel("months since signup")
-    ax.set_ylabel("signup cohort (users)")
+    ax.set_title(title, fontsize=18)
+    ax.set_xlabel("months since signup", fontsize=13)
+    ax.set_ylabel("signup cohort (users)", fontsize=13)
     ax.set_xticks(range(months))
     ax.set_yticks(range(len(cohorts)), [f"{c} ({sizes[c]})" for c in cohorts])
+    ax.tick_params(labelsize=11)
     fig.colorbar(image, ax=ax, label="retention rate", format=PercentFormatter(1.0))
     fig.tight_layout()
     return fig
 
 
+def report_date(csv_path) -> str:
+    """The date in `cohort_summary_YYYY-MM-DD.csv`, or the bare file name for any other name."""
+    name = Path(csv_path).name
+    match = re.fullmatch(r"cohort_summary_(\d{4}-\d{2}-\d{2})\.csv", name)
+    return match.group(1) if match else name
+
+
 def main(argv=None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) not in (1, 2):
-        print("usage: python -m tasks.heatmap CSV [PNG]", file=sys.stderr)
+        print("usage: python -m tasks.heatmap CSV [OUT.png|OUT.svg]", file=sys.stderr)
         return 2
     csv_path = Path(args[0])
-    png_path = Path(args[1]) if len(args) == 2 else csv_path.with_suffix(".png")
-    print(write_heatmap(csv_path, png_path))
+    out = Path(args[1]) if len(args) == 2 else csv_path.with_suffix(".png")
+    out.write_bytes(render(csv_path.read_text(), report_date(csv_path), out.suffix.lstrip(".") or "png"))
+    print(out)
     return 0
 
 

@@ -1,251 +1,379 @@
-"""Load: one date's downloaded objects into the `staging` tables, atomically and idempotently.
+"""Load: the judged lines of each date's source objects into its staging partition, atomically.
 
-Reads `<data_dir>/raw/<dataset>/<date>/` (written by tasks.extract); writes partition `date` of
-`staging.event` / `staging.organization`, its rejected lines in `staging.*_rejected`, and the
-partition's row in `etl.marker`, all in one transaction. Rows are streamed with COPY.
+Reads the objects a download recorded (`etl.download`: landed local copies, or S3 streamed
+directly). Each object is read once per task run, however many dates it covers: its lines are
+routed to their partitions in that pass (daily layout: the object's date; one-file layout: the
+UTC day of `received_at`; organizations: every date). Writes, per partition and in one
+transaction, its `staging.*` rows (COPY), its rejected lines, and its row in the partition ledger
+(`staging.*_partition`), the load's completion record.
 """
 
-import io
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import luigi
-from psycopg2 import sql
 
-from tasks import config, database, records
-from tasks.extract import DownloadEvents, DownloadOrganizations, downloaded
+from tasks import config, db, records, staging
+from tasks.extract import DownloadEvents, DownloadOrganizations, SourceError, downloaded, source
+from tasks.partitions import PartitionDate, dates, previous_day
 
-
-@dataclass(frozen=True)
-class Dataset:
-    table: str
-    rejected_table: str
-    required: tuple
-    key_field: str  # the required field copied into its own column
-
-
-EVENTS = Dataset("staging.event", "staging.event_rejected", records.EVENT_REQUIRED, "id")
-ORGANIZATIONS = Dataset(
-    "staging.organization", "staging.organization_rejected", records.ORGANIZATION_REQUIRED, "organization_key"
-)
+CHUNK_BYTES = 1 << 18  # what psycopg2 asks the reader for; the reader hands over a block's rows, whatever the size
+SPOOL_BUFFER = 1 << 16  # bytes a routed partition keeps in memory before they go to the spool file
 
 
 class RejectRatioExceeded(Exception):
     """Too many bad lines: the partition's good rows are not loaded, its rejects are recorded."""
 
 
+class LoadFailed(Exception):
+    """Partitions of a task run failed; the others committed. The message names each failure."""
+
+
 @dataclass
-class LoadResult:
-    load_id: int = 0
+class Partition:
+    """One partition of a load: its load_id, what was read for it, and where its rows wait."""
+
+    date: object
+    load_id: int
     lines_read: int = 0
     rows: int = 0
     rejects: int = 0
     first_rejects: list = field(default_factory=list)  # (source key, line number, reason)
+    skipped: bool = False  # loaded meanwhile by another run: nothing to do
+
+    def origin(self, key: str) -> staging.Origin:
+        return staging.Origin(self.date, key, self.load_id)
 
 
-def _text(value: str) -> str:
-    """A value in COPY's text format."""
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+class Spool:
+    """COPY rows of many partitions written in one pass: each partition keeps up to SPOOL_BUFFER
+    bytes in memory, then hands them to one shared temporary file as a chunk it reads back later,
+    so memory stays flat whatever the size of the input."""
+
+    def __init__(self):
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the spool, closed by close()
+        self._buffers = {}  # date -> [row bytes]
+        self._sizes = {}
+        self._chunks = {}  # date -> [(offset, length)]
+
+    def write(self, date, rows: bytes) -> None:
+        self._buffers.setdefault(date, []).append(rows)
+        self._sizes[date] = self._sizes.get(date, 0) + len(rows)
+        if self._sizes[date] >= SPOOL_BUFFER:
+            data = b"".join(self._buffers.pop(date))
+            self._file.seek(0, 2)
+            self._chunks.setdefault(date, []).append((self._file.tell(), len(data)))
+            self._file.write(data)
+            self._sizes[date] = 0
+
+    def read(self, date):
+        for offset, length in self._chunks.get(date, []):
+            self._file.seek(offset)
+            yield self._file.read(length)
+        if self._buffers.get(date):
+            yield b"".join(self._buffers[date])
+
+    def close(self) -> None:
+        self._file.close()
 
 
-class _Reader(io.RawIOBase):
-    """A file-like view of an iterator of byte chunks, so COPY streams without holding the file."""
+class _Reader:
+    """A file-like view of an iterator of COPY chunks: each read hands over the next chunk whole,
+    so the cost stays linear however long one line is."""
 
     def __init__(self, chunks):
         self._chunks = iter(chunks)
-        self._buffer = b""
 
-    def readable(self):
-        return True
+    def read(self, size=-1) -> bytes:
+        return next(self._chunks, b"")
 
-    def read(self, size=-1):
-        while size < 0 or len(self._buffer) < size:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            self._buffer += chunk
-        if size < 0:
-            size = len(self._buffer)
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data
+    def readline(self, size=-1) -> bytes:
+        return self.read(size)
 
 
-def _belongs(line: records.Line, date, one_file: bool) -> bool:
-    """Whether a judged line is part of partition `date` (contract sections 2 and 4)."""
-    if not one_file:
-        return True  # everything in a day's objects belongs to that day, whatever its timestamp
-    if line.received_at is None:
-        return not line.is_valid  # a reject whose day cannot be read is recorded by every load
-    return line.received_at.date() == date
+class _Group:
+    """Objects shared by one or more partitions, read once, every line routed to its partitions."""
 
+    def __init__(self, dataset: staging.Dataset, objects, partitions: list, route_by_day: bool):
+        self.dataset = dataset
+        self.objects = objects
+        self.partitions = {partition.date: partition for partition in partitions}
+        self.route_by_day = route_by_day
+        self.rejects = Spool()
+        self._first_seen = {day: {} for day in self.partitions}
+        self._writers = {}  # (table, partition date, source key) -> row function bound to that origin
 
-def _identifier(table: str) -> sql.Identifier:
-    # copy_from quotes "staging.event" as one name (psycopg2 2.9); an Identifier of two parts does not.
-    return sql.Identifier(*table.split("."))
+    def blocks(self):
+        """(partition, source key, valid lines) for every block of the source and every partition
+        with valid lines in it; rejects go to the spool as they come."""
+        src = source()
+        lines_read = 0
+        for obj in self.objects:
+            with src.open(obj) as stream:
+                for block in records.read_blocks(stream, obj.key, self.dataset.required):
+                    lines_read += len(block)
+                    yield from self._route(obj.key, block)
+        # Every line read for a load is the ratio's base: all lines of the shared objects.
+        for partition in self.partitions.values():
+            partition.lines_read = lines_read
 
-
-def _copy(cur, table: str, columns, chunks) -> None:
-    statement = sql.SQL("copy {} ({}) from stdin").format(
-        _identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
-    )
-    cur.copy_expert(statement, _Reader(chunks), size=1 << 16)
-
-
-def _rows(dataset, date, objects, one_file, load_id, result, rejects, progress):
-    """COPY rows of the valid lines of `date`; rejected ones go to the `rejects` spool."""
-    first_seen = {}  # organization_key -> where it first appeared
-    for key, path in objects:
-        key_text = _text(key)
-        for line in records.read_lines(path, dataset.required):
-            result.lines_read += 1
-            if dataset is ORGANIZATIONS and line.is_valid:
-                # The list is keyed by organization_key; a second entry would fork its history.
-                org_key = line.record["organization_key"]
-                if org_key in first_seen:
-                    line.reason = f"duplicate organization_key (first at {first_seen[org_key]})"
+    def _route(self, key: str, block: list):
+        if not self.route_by_day and not self.dataset.unique_field:
+            # The usual case (a day's own objects): every line belongs to every partition, as is.
+            rejects = [line for line in block if line.reason is not None]
+            valid = [line for line in block if line.reason is None] if rejects else block
+            for partition in self.partitions.values():
+                partition.rows += len(valid)
+                for line in rejects:
+                    self._reject(partition, key, line)
+                if valid:
+                    yield partition, key, valid
+            return
+        routed = {}
+        for line in block:
+            for partition in self._targets(line):
+                # Judged per partition: a duplicate in one partition is not one in the next.
+                judged = self._check_unique(partition, key, line)
+                if judged.reason is None:
+                    partition.rows += 1
+                    routed.setdefault(partition.date, []).append(judged)
                 else:
-                    first_seen[org_key] = f"{key} line {line.line_number}"
-            if progress and result.lines_read % 10000 == 0:
-                progress(result)
-            if not _belongs(line, date, one_file):
-                continue
-            if not line.is_valid:
-                result.rejects += 1
-                if len(result.first_rejects) < 5:
-                    result.first_rejects.append((key, line.line_number, line.reason))
-                rejects.write(
-                    f"{date}\t{key_text}\t{line.line_number}\t\\\\x{line.raw.hex()}\t{_text(line.reason)}\t{load_id}\n"
-                    .encode()
+                    self._reject(partition, key, judged)
+        for date, lines in routed.items():
+            yield self.partitions[date], key, lines
+
+    def _targets(self, line):
+        if self.route_by_day and line.day is not None:
+            # A line whose UTC day is readable belongs to that day only (contract, sections 2 and 4).
+            partition = self.partitions.get(line.day)
+            return (partition,) if partition else ()
+        # Everything in a day's objects, every organization, and every reject whose day cannot be
+        # read belongs to every partition the objects are read for.
+        return self.partitions.values()
+
+    def _check_unique(self, partition: Partition, key: str, line):
+        """The line, or the line as a reject when an earlier valid line of the partition had its value."""
+        name = self.dataset.unique_field
+        if name and line.is_valid:
+            first_seen = self._first_seen[partition.date]
+            value = line.record[name]
+            if value in first_seen:
+                return line._replace(reason=f"duplicate {name} (first at {first_seen[value]})")
+            first_seen[value] = f"{key} line {line.number}"
+        return line
+
+    def _reject(self, partition: Partition, key: str, line) -> None:
+        partition.rejects += 1
+        if len(partition.first_rejects) < 5:
+            partition.first_rejects.append((key, line.number, line.reason))
+        self.rejects.write(partition.date, self.copy_rows(self.dataset.rejected, partition, key, [line]))
+
+    def copy_rows(self, table: staging.Table, partition: Partition, key: str, lines) -> bytes:
+        """The lines' rows of the table, in COPY's binary format."""
+        writer = self._writers.get((table.name, partition.date, key))
+        if writer is None:
+            writer = self._writers[(table.name, partition.date, key)] = table.bind(partition.origin(key))
+        # map keeps the per-line loop in C: the row function is the only Python per line.
+        return b"".join(map(writer, lines))
+
+    def close(self) -> None:
+        self.rejects.close()
+
+
+def _rows(group: _Group):
+    """(partition, COPY rows) for every block of the group's valid lines."""
+    table = group.dataset.table
+    for partition, key, lines in group.blocks():
+        yield partition, group.copy_rows(table, partition, key, lines)
+
+
+def _load_group(conn, group: _Group, progress) -> list:
+    """Commit every partition of the group; a failure of one partition does not undo the others."""
+    partitions = list(group.partitions.values())
+    if len(partitions) == 1:
+        # One partition: COPY while reading the source, a block at a time, so that judging the
+        # next block and the server's work on this one overlap.
+        rows = (data for _, data in _rows(group))
+        return [_commit(conn, group, partitions[0], rows, progress)]
+    spool = Spool()
+    try:
+        for partition, data in _rows(group):
+            spool.write(partition.date, data)
+        return [_commit(conn, group, partition, spool.read(partition.date), progress) for partition in partitions]
+    finally:
+        spool.close()
+
+
+def _commit(conn, group: _Group, partition: Partition, rows, progress):
+    """Replace the partition with its rows, rejects and ledger row, in one transaction.
+
+    `rows` may still be reading the source, so the counts are final only once COPY has taken
+    them all. Over the reject ratio only the rejects commit, and no ledger row is written.
+    """
+    dataset = group.dataset
+    limit = config.max_reject_ratio()
+    try:
+        with conn, conn.cursor() as cur:
+            db.lock_partition(cur, dataset.table.name, partition.date)
+            cur.execute(
+                f"select exists (select from {dataset.ledger_table} where partition_date = %s)", (partition.date,)
+            )
+            if cur.fetchone()[0]:
+                partition.skipped = True  # another run loaded it while this one waited for the lock
+                return partition
+            for table in (dataset.table.name, dataset.rejected.name):
+                cur.execute(f"delete from {table} where date = %s", (partition.date,))
+            cur.execute("savepoint before_rows")
+            cur.copy_expert(dataset.table.copy_statement(), _Reader(staging.copy_data(rows)), size=CHUNK_BYTES)
+            over_limit = partition.lines_read and partition.rejects / partition.lines_read > limit
+            if over_limit:
+                cur.execute("rollback to savepoint before_rows")
+            cur.copy_expert(
+                dataset.rejected.copy_statement(),
+                _Reader(staging.copy_data(group.rejects.read(partition.date))),
+                size=CHUNK_BYTES,
+            )
+            if not over_limit:
+                cur.execute(
+                    f"insert into {dataset.ledger_table} (partition_date, load_id, lines_read, row_count, reject_count)"
+                    " values (%s, %s, %s, %s, %s)",
+                    (partition.date, partition.load_id, partition.lines_read, partition.rows, partition.rejects),
                 )
-                continue
-            result.rows += 1
-            columns = [date.isoformat(), key_text, str(line.line_number), _text(line.record[dataset.key_field])]
-            if dataset is EVENTS:
-                columns.append(line.received_at.isoformat())
-            columns += [_text(line.text), str(load_id)]
-            yield ("\t".join(columns) + "\n").encode()
+        if over_limit:
+            return RejectRatioExceeded(_ratio_message(dataset, group.objects, partition, limit))
+        return partition
+    finally:
+        if progress:
+            progress(partition)
 
 
-def _columns(dataset):
-    if dataset is EVENTS:
-        return ("date", "source_key", "line_number", "event_id", "received_at", "json_content", "load_id")
-    return ("date", "source_key", "line_number", "organization_key", "json_content", "load_id")
-
-
-def _ratio_message(dataset, objects, result, limit) -> str:
-    files = ", ".join(sorted({key for key, _ in objects}))
-    first = "; ".join(f"{key} line {number}: {reason}" for key, number, reason in result.first_rejects)
+def _ratio_message(dataset, objects, partition: Partition, limit: float) -> str:
+    first = "; ".join(f"{key} line {number}: {reason}" for key, number, reason in partition.first_rejects)
     return (
-        f"{dataset.table} partition rejected: {result.rejects} of {result.lines_read} lines read from {files} "
-        f"are bad ({result.rejects / result.lines_read:.2%} > max_reject_ratio {limit}). "
-        f"First bad lines: {first}. Fix the source, or raise [etl] max_reject_ratio in luigi.cfg."
+        f"{dataset.table.name} {partition.date}: {partition.rejects} of {partition.lines_read} lines read from "
+        f"{', '.join(sorted({obj.key for obj in objects}))} are bad ({partition.rejects / partition.lines_read:.2%} "
+        f"> max_reject_ratio {limit}); first bad lines: {first}. Every one is in {dataset.rejected.name}. "
+        f"Fix the source, or raise [etl] max_reject_ratio in luigi.cfg."
     )
 
 
-def load_partition(dataset: Dataset, date, objects, one_file: bool, progress=None) -> LoadResult:
-    """Replace partition `date` of the dataset with the valid lines of `objects`, in one transaction.
-
-    `objects` is a list of (source key, local path). Either everything commits (rows, rejects and
-    the marker) or nothing does; a partition over the reject ratio commits only its rejects.
-    """
-    with database.transaction() as conn:
-        database.ensure_staging(conn)
-    result = LoadResult()
-    limit = config.max_reject_ratio()
-    with database.transaction() as conn, conn.cursor() as cur, tempfile.SpooledTemporaryFile(1 << 22) as rejects:
-        database.lock_partition(cur, dataset.table, date)
-        cur.execute("select nextval('etl.load_id_seq')")
-        result.load_id = cur.fetchone()[0]
-        for table in (dataset.table, dataset.rejected_table):
-            cur.execute(sql.SQL("delete from {} where date = %s").format(_identifier(table)), (date,))
-        database.delete_marker(cur, dataset.table, date)
-        cur.execute("savepoint before_rows")
-        _copy(cur, dataset.table, _columns(dataset), _rows(dataset, date, objects, one_file, result.load_id,
-                                                           result, rejects, progress))
-        over_limit = result.lines_read and result.rejects / result.lines_read > limit
-        if over_limit:
-            cur.execute("rollback to savepoint before_rows")
-        rejects.seek(0)
-        _copy(cur, dataset.rejected_table,
-              ("date", "source_key", "line_number", "raw_line", "reason", "load_id"), iter(lambda: rejects.read(1 << 16), b""))
-        if not over_limit:
-            database.write_marker(cur, dataset.table, date, result.load_id, result.rows, result.rejects)
-    if progress:
-        progress(result)
-    if over_limit:
-        raise RejectRatioExceeded(_ratio_message(dataset, objects, result, limit))
-    return result
+def load_partitions(dataset: staging.Dataset, days, route_by_day: bool, progress=None) -> list:
+    """Load partitions `days` of the dataset from their recorded downloads; returns a Partition per
+    date. Partitions that share objects are read in one pass. Raises LoadFailed, after the others
+    committed, when partitions failed (over the reject ratio, unreadable source)."""
+    manifests = downloaded(dataset.name, days)
+    by_objects = {}
+    for day in days:
+        by_objects.setdefault(manifests[day], []).append(day)
+    conn = db.connect()
+    results, failures = [], []
+    try:
+        with db.guarded(conn):
+            staging.ensure_tables(conn)
+            conn.commit()
+            with conn.cursor() as cur:
+                cur.execute("select nextval('staging.load_id_seq') from generate_series(1, %s)", (len(days),))
+                load_ids = iter(row[0] for row in cur.fetchall())
+            conn.commit()
+            for objects, group_days in by_objects.items():
+                group = _Group(dataset, objects, [Partition(day, next(load_ids)) for day in group_days], route_by_day)
+                try:
+                    outcomes = _load_group(conn, group, progress)
+                except (SourceError, records.SourceError) as err:
+                    conn.rollback()
+                    outcomes = [SourceError(f"{', '.join(map(str, group_days))}: {err}")]
+                finally:
+                    group.close()
+                results += [o for o in outcomes if isinstance(o, Partition)]
+                failures += [o for o in outcomes if isinstance(o, Exception)]
+    finally:
+        conn.close()
+    if failures:
+        raise LoadFailed("\n".join(str(failure) for failure in failures))
+    return results
 
 
 class LoadDataset(luigi.Task):
-    """Load one dataset's partition `date` into staging (see load_partition)."""
+    """Load one dataset's partitions into staging: one date, or the batch Luigi hands over."""
 
-    date = luigi.DateParameter(description="partition date")
+    date = PartitionDate(description="partition date (a batch of dates when Luigi batches the runs)")
     dataset = None  # set by subclasses
+    download = None
+
+    def daily(self) -> bool:
+        """Whether each date has objects of its own (the source key holds `{date}`)."""
+        raise NotImplementedError
+
+    @property
+    def max_batch_size(self):
+        # Shared objects are read once per run, so a one-file source loads every date in one run;
+        # separate daily objects are split into batches that several workers can load side by side.
+        return config.load_batch_size() if self.daily() else float("inf")
+
+    def requires(self):
+        return [self.download(day) for day in dates(self)]
 
     def output(self):
-        return database.MarkerTarget(self.dataset.table, self.date)
-
-    def one_file(self) -> bool:
-        return False
+        return [self.dataset.ledger.target(day) for day in dates(self)]
 
     def run(self):
-        objects = downloaded(Path(self.input().path))
-        result = load_partition(self.dataset, self.date, objects, self.one_file(), progress=self._report)
-        self.set_progress_percentage(100)
-        self.set_status_message(
-            f"{self.dataset.table} {self.date}: {result.rows} rows loaded, {result.rejects} rejected "
-            f"of {result.lines_read} lines read"
-        )
+        todo = sorted(set(dates(self)) - self.dataset.ledger.done(dates(self), fresh=True))
+        done = []
 
-    def _report(self, result: LoadResult):
-        self.set_status_message(f"{result.lines_read} lines read, {result.rows} rows, {result.rejects} rejects")
+        def progress(partition):
+            done.append(partition)
+            self.set_progress_percentage(round(100 * len(done) / len(todo)))
+            self.set_status_message(
+                f"{self.dataset.table.name}: {len(done)}/{len(todo)} partitions, last {partition.date}: "
+                f"{partition.rows} rows, {partition.rejects} rejects of {partition.lines_read} lines"
+            )
+
+        # A one-file source holds many days: each line goes to the partition of its UTC day.
+        route_by_day = self.dataset.dated and not self.daily()
+        load_partitions(self.dataset, todo, route_by_day, progress)
 
 
 class LoadEvents(LoadDataset):
-    """Events of partition `date` into staging.event (one-file layout: those received on `date`, UTC)."""
+    """Events into staging.event (one-file layout: each line into the partition of its UTC day)."""
 
-    dataset = EVENTS
+    dataset = staging.EVENTS
+    download = DownloadEvents
 
-    def requires(self):
-        return DownloadEvents(self.date)
-
-    def one_file(self) -> bool:
-        return not config.is_daily(config.events_key())
+    def daily(self) -> bool:
+        return config.is_daily(config.events_key())
 
 
 class LoadOrganizations(LoadDataset):
-    """The whole organization list into partition `date` of staging.organization."""
+    """The whole organization list into each date's partition of staging.organization."""
 
-    dataset = ORGANIZATIONS
+    dataset = staging.ORGANIZATIONS
+    download = DownloadOrganizations
 
-    def requires(self):
-        return DownloadOrganizations(self.date)
-
-
-class LoadStaging(luigi.WrapperTask):
-    """Both staging datasets of `date`."""
-
-    date = luigi.DateParameter(description="partition date")
-
-    def requires(self):
-        return [LoadEvents(self.date), LoadOrganizations(self.date)]
-
-    @classmethod
-    def bulk_complete(cls, dates):
-        """The dates whose events and organizations are both loaded: two queries, not one per date."""
-        dates = list(dates)
-        return sorted(database.marked_dates(EVENTS.table, dates) & database.marked_dates(ORGANIZATIONS.table, dates))
+    def daily(self) -> bool:
+        return config.is_daily(config.orgs_key())
 
 
 class LoadHistory(luigi.WrapperTask):
-    """Staging partitions of every date from `start` (default: history_start) to `date`."""
+    """Every staging partition from history_start to `date`: this month's dates, and the history up
+    to the end of last month (a task of its own), so a run whose history is loaded asks for a month
+    of tasks at most, however long the history is."""
 
     date = luigi.DateParameter(description="last date to load")
-    start = luigi.DateParameter(default=None, description="first date; default [etl] history_start")
+    # Done the moment its loads are: run it before anything else, so that every build it unblocks
+    # is ready at once and Luigi hands them to one worker as one batch.
+    priority = 100
 
     def requires(self):
-        dates = config.dates_between(self.start or config.history_start(), self.date)
-        done = set(LoadStaging.bulk_complete(dates))
-        return [LoadStaging(day) for day in dates if day not in done]
+        start = config.history_start()
+        first = max(start, self.date.replace(day=1))
+        for day in config.dates_between(first, self.date):
+            yield LoadEvents(day)
+            yield LoadOrganizations(day)
+        if first > start:
+            yield LoadHistory(previous_day(first))
+
+    def complete(self):
+        # One query per ledger for the whole range instead of one per date; what it finds is
+        # remembered, so the per-date tasks it would expand to are answered without a query.
+        days = config.dates_between(config.history_start(), self.date)
+        return all(len(dataset.ledger.done(days)) == len(days) for dataset in staging.DATASETS)

@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import luigi
-
 from sqlalchemy.engine import URL
 
-from tasks import config, database
+from tasks import config, db
 
 STARTUP_SECONDS = 30
 
@@ -29,6 +28,11 @@ def folder() -> Path:
 def address() -> tuple:
     core = luigi.configuration.get_config()
     return core.get("core", "scheduler_host", "localhost"), core.getint("core", "scheduler_port", 8082)
+
+
+def listen_address() -> str:
+    """Where luigid listens: [luigid] address, loopback by default; 0.0.0.0 for workers on other machines."""
+    return luigi.configuration.get_config().get("luigid", "address", "127.0.0.1")
 
 
 def answers(host: str, port: int) -> bool:
@@ -57,30 +61,58 @@ def history_url() -> str:
 
     Luigi's SQLite history does not run on SQLAlchemy 2 (raw-string PRAGMA), PostgreSQL does.
     """
-    params = database.connection_params(database.database_url())
-    with database.transaction() as conn, conn.cursor() as cur:
+    # libpq's effective parameters of a live connection, so every route to the password and every
+    # TLS setting reaches luigid as it reached us.
+    with db.transaction() as conn, conn.cursor() as cur:
         cur.execute("create schema if not exists etl")
-    host, port = params.get("host"), params.get("port")
-    query = {"options": "-csearch_path=etl"}
-    if host and host.startswith("/"):  # a unix socket directory goes in the query, as libpq takes it
-        query["host"] = host
-        query.update({"port": port} if port else {})
+        env = db.child_environment(conn)
+    host, port = env.pop("PGHOST"), env.pop("PGPORT")
+    query = {
+        name: env[variable]
+        for name, variable in db.LIBPQ_ENVIRONMENT.items()
+        if variable in env and name not in ("host", "port", "user", "dbname")
+    }
+    query["options"] = (query.get("options", "") + " -csearch_path=etl").strip()
+    if host.startswith("/"):  # a unix socket directory goes in the query, as libpq takes it
+        query.update(host=host, port=port)
         host, port = None, None
     return URL.create(
-        "postgresql+psycopg2", username=params.get("user"), password=params.get("password"),
-        host=host, port=int(port) if port else None, database=params.get("dbname"), query=query,
+        "postgresql+psycopg2",
+        username=env.get("PGUSER"),
+        password=env.get("PGPASSWORD"),
+        host=host,
+        port=int(port) if port else None,
+        database=env.get("PGDATABASE"),
+        query=query,
     ).render_as_string(hide_password=False)
 
 
+# How luigid treats workers and failures (docs/scaling.md). A worker silent for
+# worker_disconnect_delay seconds loses its running tasks to the others (pruned on every request);
+# a failed task is retried after retry_delay seconds, and after retry_count failures within
+# disable_window it is disabled for disable_persist seconds, so a run waiting on it ends and says so.
+SCHEDULER_DEFAULTS = {
+    "worker_disconnect_delay": "30",
+    "prune_on_get_work": "true",
+    "retry_delay": "5",
+    "retry_count": "3",
+    "disable_window": "3600",
+    "disable_persist": "60",
+}
+
+
 def write_config(work: Path) -> Path:
-    # The URL reaches luigid through its environment (Luigi expands ${...}), never a file.
+    """luigid's configuration: SCHEDULER_DEFAULTS, then any [scheduler] option of luigi.cfg or of
+    LUIGI_CONFIG_PATH, then the history settings. The database URL reaches luigid through its
+    environment (Luigi expands ${...}), never a file."""
+    core = luigi.configuration.get_config()
+    options = {**SCHEDULER_DEFAULTS, **(dict(core.items("scheduler")) if core.has_section("scheduler") else {})}
+    options.update(record_task_history="true", state_path=str(work / "state.pickle"))
     path = work / "luigid.cfg"
     path.write_text(
         "[scheduler]\n"
-        "record_task_history = true\n"
-        f"state_path = {work / 'state.pickle'}\n"
-        "[task_history]\n"
-        "db_connection = ${ETL_TASK_HISTORY_URL}\n"
+        + "".join(f"{name} = {value}\n" for name, value in sorted(options.items()))
+        + "[task_history]\ndb_connection = ${ETL_TASK_HISTORY_URL}\n"
     )
     return path
 
@@ -97,8 +129,12 @@ def start() -> str:
     env = {**os.environ, "LUIGI_CONFIG_PATH": str(write_config(work)), "ETL_TASK_HISTORY_URL": history_url()}
     with open(work / "luigid.log", "ab") as log:
         process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("luigid")), "--port", str(port), "--address", "127.0.0.1"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+            [str(Path(sys.executable).with_name("luigid")), "--port", str(port), "--address", listen_address()],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
         )
     (work / "luigid.pid").write_text(str(process.pid))
     deadline = time.monotonic() + STARTUP_SECONDS

@@ -1,35 +1,32 @@
-"""Forced reprocessing: make date D and everything downstream of it incomplete again.
+"""Forced reprocessing (`FORCE=1`): make date D, and every existing report after it, incomplete again.
 
-Reads nothing but the completion records; removes the outputs that say "done" (download
-folders and staging markers of D, dbt markers and reports of D and later dates). No data is
-deleted here: the next run reloads D in one transaction and rebuilds what depends on it.
+Reads and removes completion records only: D's download and partition-ledger rows, and the build
+and report records of D and of every later date that has a report (each of them saw partition D).
+No data is deleted here: the same run reloads D in one transaction and rebuilds those reports, so
+no stale report is left behind.
 """
 
-from tasks import config, database
-from tasks.export import report_path
-from tasks.extract import DownloadEvents, DownloadOrganizations
-from tasks.load import EVENTS, ORGANIZATIONS
-from tasks.transform import TARGET as DBT_TARGET
+from tasks import completion, db, staging
 
 
-def invalidate(date) -> list:
-    """Remove the completion records of D's chain and of every later report; returns what it did."""
+def invalidate(date) -> tuple:
+    """Remove D's completion records and those of later reports; returns (what was done, report
+    dates to rebuild in this run, D included)."""
     done = []
-    for task in (DownloadEvents(date), DownloadOrganizations(date)):
-        if task.output().exists():
-            task.output().remove()
-            done.append(f"removed download {task.output().path}")
-    for table in (EVENTS.table, ORGANIZATIONS.table):
-        with database.transaction() as conn:
-            database.ensure_staging(conn)
-            with conn.cursor() as cur:
-                database.delete_marker(cur, table, date)
-        done.append(f"marked {table} {date} for reload")
-    # Every report from D on saw partition D, so each is stale until rebuilt.
-    for day in database.remove_markers(DBT_TARGET, date):
-        done.append(f"marked dbt build {day} for rebuild")
-    for path in sorted((config.data_dir() / "reports").glob("cohort_summary_*.*")):
-        if path.stem.rsplit("_", 1)[-1] >= date.isoformat():
-            path.unlink()
-            done.append(f"removed {path}")
-    return done
+    with db.transaction() as conn, conn.cursor() as cur:
+        completion.ensure_tables(cur)
+        staging.ensure_tables(conn)
+        for dataset in staging.DATASETS:
+            cur.execute("delete from etl.download where dataset = %s and partition_date = %s", (dataset.name, date))
+            cur.execute(f"delete from {dataset.ledger_table} where partition_date = %s returning 1", (date,))
+            if cur.fetchall():
+                done.append(f"{dataset.table.name} {date} will be reloaded from the source")
+        cur.execute("select distinct run_date from etl.report where run_date > %s order by 1", (date,))
+        later = [row[0] for row in cur.fetchall()]
+        cur.execute("delete from etl.build where run_date >= %s", (date,))
+        cur.execute("delete from etl.report where run_date >= %s", (date,))
+    for ledger in [completion.DOWNLOADS, completion.BUILDS, completion.REPORTS] + [d.ledger for d in staging.DATASETS]:
+        ledger.forget()
+    if later:
+        done.append(f"reports after {date} will be rebuilt too: {', '.join(map(str, later))}")
+    return done, [date] + later

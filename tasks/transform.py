@@ -1,138 +1,298 @@
-"""Transform: `dbt build` of the warehouse layers for one date D, one dbt at a time.
+"""Transform: one `dbt build` of the warehouse layers for a batch of report dates, one build at a time.
 
-Reads the staging partitions up to D (through tasks.load) and the dbt project in `dbt/`; writes
-the `historical`, `snapshots`, `dimensional` and `reporting` schemas, dbt's log to
-`<data_dir>/logs/dbt_build_<D>.log`, and the marker ('dbt.build', D) when the build passed.
+Reads the staging partitions (through tasks.load's ledgers) and the dbt project in `dbt/`; writes
+the `historical`, `snapshots`, `dimensional` and `reporting` schemas through dbt, dbt's log under
+`<data_dir>/logs/`, and one `etl.build` record per report date once its build passed. Progress and
+results come from dbt's structured interface (`--log-format json` events and `run_results.json`).
 """
 
 import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import luigi
 
-from tasks import config, database
+from tasks import completion, config, console, db, processes
 from tasks.load import LoadHistory
+from tasks.partitions import LoadedThrough, PartitionDate, dates, previous_day
 
 DBT_PROJECT = Path(__file__).resolve().parent.parent / "dbt"
 DBT = str(Path(sys.executable).with_name("dbt"))
-TARGET = "dbt.build"
+# dbt/profiles.yml names dbt's sessions so; the build lock ends those a killed build left behind.
+DBT_APPLICATION = "product-events-etl-dbt"
 SNAPSHOT = "snap_organization"
-_PROGRESS = re.compile(r"\b(\d+) of (\d+) (OK|PASS|WARN|ERROR|FAIL|SKIP)")
+NODE_RESULTS = ("LogModelResult", "LogTestResult", "LogSnapshotResult")
+# Unit tests check the SQL, not the data: they run in `make test`, not in every build.
+BUILD_OPTIONS = ("--exclude-resource-type", "unit_test")
 
 
 class DbtFailed(Exception):
     """dbt exited non-zero: a model or an error-severity test failed."""
 
 
-def dbt_environment(url: str) -> dict:
-    """dbt's process environment: ours, plus the variables dbt/profiles.yml reads, from libpq's
-    reading of the database URL. Parsing the URL never connects."""
-    params = database.connection_params(url)
-    return {
+@dataclass
+class DbtRun:
+    """What one dbt invocation did, from its events and run_results.json."""
+
+    command: list
+    log_path: Path
+    returncode: int = 0
+    results: list = field(default_factory=list)  # run_results.json "results"
+
+    def problems(self, statuses=("error", "fail")) -> list:
+        return [result for result in self.results if result.get("status") in statuses]
+
+    @property
+    def warnings(self) -> list:
+        return self.problems(("warn",))
+
+
+def target_path() -> Path:
+    """Where dbt keeps its artifacts (manifest, run_results.json, compiled SQL) for this data_dir."""
+    return config.data_dir() / "dbt" / "target"
+
+
+def dbt_environment(conn) -> dict:
+    """dbt's process environment: ours, plus libpq's variables for the connection `conn` made, so dbt
+    connects exactly as the pipeline does (password from any route, TLS settings included), and
+    dbt's variables naming the project and where its artifacts and log go."""
+    env = {
         **os.environ,
-        "ETL_DBT_HOST": params.get("host", "localhost"),
-        "ETL_DBT_PORT": params.get("port", "5432"),
-        "ETL_DBT_USER": params.get("user", os.environ.get("USER", "postgres")),
-        "ETL_DBT_PASSWORD": params.get("password", ""),
-        "ETL_DBT_DBNAME": params.get("dbname", params.get("user", "postgres")),
+        **db.child_environment(conn),
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+        # dbt's own variables for its flags: any command finds the project, and a flag given by hand wins
+        "DBT_PROJECT_DIR": str(DBT_PROJECT),
+        "DBT_PROFILES_DIR": str(DBT_PROJECT),
+        "DBT_TARGET_PATH": str(target_path()),
+        "DBT_LOG_PATH": str(config.data_dir() / "logs"),
     }
+    # Sorts and hashes of a build over millions of rows stay in memory instead of spilling to disk.
+    options = f"-c work_mem={config.dbt_work_mem()}"
+    if conn.server_version >= 140000:
+        # A backend whose dbt client died aborts its statement within seconds instead of finishing it.
+        options += " -c client_connection_check_interval=2000"
+    env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} {options}".strip()
+    return env
 
 
-def dbt_command(subcommand: list, target_path: Path, run_date=None) -> list:
-    """`dbt <subcommand>` on the project in dbt/, its artifacts in `target_path`, its log in
-    `<data_dir>/logs`, and D as var run_date when given."""
-    command = [
-        DBT, *subcommand,
-        "--project-dir", str(DBT_PROJECT), "--profiles-dir", str(DBT_PROJECT),
-        "--target-path", str(target_path), "--log-path", str(config.data_dir() / "logs"),
-    ]
-    return command + (["--vars", json.dumps({"run_date": run_date.isoformat()})] if run_date else [])
+def dbt_command(arguments: list, dbt_vars: dict = None) -> list:
+    """`dbt ARGUMENTS` (the project, artifacts and log paths come from dbt_environment)."""
+    return [DBT, *arguments] + (["--vars", json.dumps(dbt_vars)] if dbt_vars else [])
+
+
+def invoke(conn, arguments: list, dbt_vars: dict, log_path: Path, on_event=None) -> DbtRun:
+    """Run dbt with JSON events on stdout; each event goes to `on_event`, its text to `log_path`."""
+    command = dbt_command(arguments + ["--log-format", "json", "--no-use-colors", "--no-use-colors-file"], dbt_vars)
+    run = DbtRun(command, log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    parent = os.getpid()
+    with (
+        open(log_path, "a") as log,
+        subprocess.Popen(
+            command,
+            cwd=DBT_PROJECT,
+            env=dbt_environment(conn),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=lambda: processes.die_with_parent(parent),
+        ) as dbt,
+        db.guarded(conn, on_dead=dbt.kill),
+    ):
+        for text in dbt.stdout:
+            try:
+                event = json.loads(text)
+            except ValueError:
+                log.write(text)  # not an event (a crash before logging started): keep it as it came
+                continue
+            log.write(event.get("info", {}).get("msg", "") + "\n")
+            if on_event:
+                on_event(event)
+    run.returncode = dbt.returncode
+    results = target_path() / "run_results.json"
+    if results.exists():
+        run.results = json.loads(results.read_text()).get("results", [])
+    return run
 
 
 @contextlib.contextmanager
-def dbt_lock(url: str):
-    """A session advisory lock so that two schedulers never run dbt on one warehouse at once."""
-    conn = database.connect(url)
+def dbt_lock():
+    """A session advisory lock: one dbt on the warehouse at a time, across every scheduler and machine.
+
+    Whoever holds it may end dbt sessions left by a holder that died (their client is gone), so a
+    build never meets half-built relations of a killed one.
+    """
+    conn = db.connect()
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("select pg_advisory_lock(hashtext('etl.dbt'))")
-        yield
+            wait = ", 10000" if conn.server_version >= 140000 else ""  # terminate waits for the exit
+            cur.execute(
+                f"""
+                select pg_terminate_backend(pid{wait}) from pg_stat_activity
+                where application_name = %s and datname = current_database() and pid <> pg_backend_pid()
+                """,
+                (DBT_APPLICATION,),
+            )
+        yield conn
     finally:
         conn.close()  # ends the session, which releases the lock even if unlock is never reached
 
 
-def snapshot_is_ahead(url: str, date) -> bool:
-    """Whether the organization snapshot already recorded a change after `date`.
+def snapshot_dates(conn, days) -> list:
+    """The run-order policy of the organization snapshot, in one place: the dates of `days` at
+    which it is taken, in ascending order.
 
-    dbt snapshots only move forward in time (dbt-core #9892, #7138): an older date must not
-    insert versions behind newer ones, so its build leaves the snapshot alone.
+    A snapshot's change time is the date it is taken for (dbt/macros/snapshot_get_time.sql) and it
+    only moves forward (dbt-core #9892, #7138): a date before its latest recorded change is
+    skipped. Of the rest the first is taken, and each later date whose organization list differs
+    from the day before's (a date with an unchanged list would change nothing).
     """
-    with database.transaction(url) as conn, conn.cursor() as cur:
+    with conn.cursor() as cur:
         cur.execute("select to_regclass('snapshots.snap_organization') is not null")
-        if not cur.fetchone()[0]:
-            return False
-        # A closed or invalidated version carries its change date in dbt_valid_to.
+        latest = None
+        if cur.fetchone()[0]:
+            cur.execute(
+                "select max(greatest(dbt_valid_from, coalesce(dbt_valid_to, dbt_valid_from)))::date"
+                " from snapshots.snap_organization"
+            )
+            latest = cur.fetchone()[0]
+        candidates = [day for day in sorted(days) if latest is None or day >= latest]
+        if not candidates:
+            return []
         cur.execute(
-            "select max(greatest(dbt_valid_from, dbt_valid_to))::date > %s from snapshots.snap_organization",
-            (date,),
+            """
+            select date, md5(string_agg(organization_key || ' ' || json_content::text, ',' order by organization_key))
+            from staging.organization where date = any(%s) group by date
+            """,
+            (candidates + [previous_day(day) for day in candidates],),
         )
-        return bool(cur.fetchone()[0])
+        lists = dict(cur.fetchall())
+    return [candidates[0]] + [day for day in candidates[1:] if lists.get(day) != lists.get(previous_day(day))]
 
 
-def run_dbt(date, progress=None) -> Path:
-    """Run `dbt build` for `date`; returns the log file. Raises DbtFailed when dbt fails."""
-    url = database.database_url()
-    log_path = config.data_dir() / "logs" / f"dbt_build_{date.isoformat()}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with dbt_lock(url):
-        command = dbt_command(["build"], config.data_dir() / "dbt" / "target", date)
-        if snapshot_is_ahead(url, date):
-            command += ["--exclude", SNAPSHOT]
-        with open(log_path, "w") as log, subprocess.Popen(
-            command, cwd=DBT_PROJECT, env=dbt_environment(url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True,
-        ) as dbt:
-            for line in dbt.stdout:
-                log.write(line)
-                match = _PROGRESS.search(line)
-                if progress and match:
-                    progress(int(match[1]), int(match[2]), line.strip())
-        if dbt.returncode != 0:
-            tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
-            raise DbtFailed(f"dbt build for {date} failed (exit {dbt.returncode}); log {log_path}:\n{tail}")
-    return log_path
+def build(days, progress=None) -> list:
+    """Build the warehouse for report dates `days` (the organization snapshot taken in date order,
+    then one `dbt build`); writes their etl.build records. Returns the dbt runs."""
+    log_path = config.data_dir() / "logs" / f"dbt_build_{days[0]}_{days[-1]}.log"
+    runs = []
+    with dbt_lock() as conn:
+        days = sorted(set(days) - completion.BUILDS.done(days, fresh=True))  # built by another run meanwhile?
+        if not days:
+            return runs
+        points = snapshot_dates(conn, days)
+        for point in points[:-1]:
+            runs.append(
+                _checked(
+                    invoke(
+                        conn,
+                        ["build", "--select", SNAPSHOT, *BUILD_OPTIONS],
+                        {"snapshot_date": point.isoformat(), "test_scope": "changed"},
+                        log_path,
+                        progress,
+                    )
+                )
+            )
+        # Data tests check what this build changed; make test-warehouse checks everything.
+        dbt_vars = {"run_dates": [day.isoformat() for day in days], "test_scope": "changed"}
+        with conn.cursor() as cur:
+            # The rows this build writes are stamped by the server's clock, not this machine's
+            # (macro build_stamp): builds from several machines then stay in the order they ran.
+            cur.execute("select clock_timestamp()::text")
+            dbt_vars["build_stamp"] = cur.fetchone()[0]
+        arguments = ["build", *BUILD_OPTIONS]
+        if points:
+            dbt_vars["snapshot_date"] = points[-1].isoformat()
+        else:
+            arguments += ["--exclude", SNAPSHOT]
+        runs.append(_checked(invoke(conn, arguments, dbt_vars, log_path, progress)))
+        results = json.dumps(results_summary(runs))
+        with conn.cursor() as cur:
+            completion.ensure_tables(cur)
+            # One statement: every date of the build gets the same built_at, the summary counts it once.
+            cur.execute(
+                """
+                insert into etl.build (run_date, results) select unnest(%s::date[]), %s
+                on conflict (run_date) do update set built_at = now(), results = excluded.results
+                """,
+                (days, results),
+            )
+    return runs
 
 
-class RunDbt(luigi.Task):
-    """Build every warehouse layer for D once every staging partition up to D is loaded."""
+def results_summary(runs) -> dict:
+    """Node counts by status and every warning, from run_results.json of the invocations."""
+    statuses = {}
+    warnings = []
+    for run in runs:
+        for result in run.results:
+            statuses[result["status"]] = statuses.get(result["status"], 0) + 1
+            if result["status"] == "warn":
+                # unique_id is resource.package.name[.hash]: the name says which check it is
+                name = result["unique_id"].split(".")[2]
+                failures = result.get("failures")
+                message = f"{failures} row(s) found" if failures is not None else (result.get("message") or "")
+                warnings.append({"node": name, "message": message.strip()})
+    return {"statuses": statuses, "warnings": warnings}
 
-    date = luigi.DateParameter(description="the run date D, passed to dbt as var run_date")
+
+def _checked(run: DbtRun) -> DbtRun:
+    if run.returncode != 0:
+        problems = "; ".join(f"{r['unique_id']}: {(r.get('message') or r['status']).strip()}" for r in run.problems())
+        raise DbtFailed(f"dbt build failed (exit {run.returncode}): {problems or 'see the log'}. Log: {run.log_path}")
+    return run
+
+
+class BuildWarehouse(luigi.Task):
+    """Build every warehouse layer, and the report rows of each date, once staging is loaded up to it."""
+
+    date = PartitionDate(description="report date D (a batch of dates when Luigi batches the runs)")
+    loaded_through = LoadedThrough()
     resources = {"dbt": 1}
 
     @property
     def priority(self):
-        # Among ready builds the earliest date goes first, so the snapshot moves forward in time.
-        return -self.date.toordinal()
+        # Among ready builds the earliest date goes first (its batch takes the later ones along), so
+        # the organization snapshot moves forward in time.
+        return -min(dates(self)).toordinal()
 
     def requires(self):
-        return LoadHistory(date=self.date)
+        # LoadHistory of the latest date covers every earlier one.
+        return LoadHistory(date=max(*dates(self), self.loaded_through))
 
     def output(self):
-        return database.MarkerTarget(TARGET, self.date)
+        return [completion.BUILDS.target(day) for day in dates(self)]
 
     def run(self):
-        run_dbt(self.date, progress=self._progress)
-        with database.transaction() as conn, conn.cursor() as cur:
-            database.ensure_staging(conn)
-            database.write_marker(cur, TARGET, self.date)
+        def progress(event):
+            # dbt's structured events: one per node as it finishes, with its index and the total.
+            data = event.get("data", {})
+            if event.get("info", {}).get("name") in NODE_RESULTS and data.get("total"):
+                node = data.get("node_info", {}).get("node_name", "")
+                line = f"dbt {data['index']}/{data['total']} {data.get('status', '')} {node}"
+                self.set_progress_percentage(round(100 * data["index"] / data["total"]))
+                self.set_status_message(line)
+                console.status(line)
 
-    def _progress(self, done, total, line):
-        self.set_progress_percentage(round(100 * done / total))
-        self.set_status_message(f"dbt: {line}")
+        runs = build(list(dates(self)), progress)
+        summary = results_summary(runs)
+        counts = ", ".join(f"{count} {status.upper()}" for status, count in sorted(summary["statuses"].items()))
+        warned = "; ".join(f"{w['node']}: {w['message']}" for w in summary["warnings"])
+        self.set_status_message(f"dbt: {counts}" + (f"; warnings: {warned}" if warned else ""))
+        self.summary = f"built the warehouse for {console.span(dates(self))}: dbt {counts or 'nothing to do'}"
+
+
+def run_by_hand(arguments: list) -> int:
+    """`make dbt ARGS="..."`: any dbt command against the pipeline's database, in this terminal."""
+    conn = db.connect()
+    try:
+        env = dbt_environment(conn)
+    finally:
+        conn.close()
+    env["ETL_DBT_APPLICATION"] = f"{DBT_APPLICATION}-by-hand"  # not a build's: see dbt_lock
+    return subprocess.call(dbt_command(arguments or ["--help"]), cwd=DBT_PROJECT, env=env)

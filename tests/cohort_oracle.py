@@ -10,23 +10,26 @@ from pathlib import Path
 
 from tasks import records
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 HEADER = "cohort_month,months_since_signup,cohort_size,active_users,retention_rate\n"
+
+
+def _valid_lines(path: Path, key: str):
+    with open(path, "rb") as stream:
+        yield from (line for line in records.read_lines(stream, key, records.EVENT_REQUIRED) if line.is_valid)
 
 
 def one_file_events(path: Path, key: str):
     """(partition, key, line, record, received_at) of each valid line; partition = UTC day."""
-    for line in records.read_lines(path, records.EVENT_REQUIRED):
-        if line.is_valid:
-            yield line.received_at.date(), key, line.line_number, line.record, line.received_at
+    for line in _valid_lines(path, key):
+        yield line.received_at.date(), key, line.number, line.record, line.received_at
 
 
 def daily_events(files):
     """Same, for the daily layout: `files` is [(partition, key, path)]."""
     for partition, key, path in files:
-        for line in records.read_lines(path, records.EVENT_REQUIRED):
-            if line.is_valid:
-                yield partition, key, line.line_number, line.record, line.received_at
+        for line in _valid_lines(path, key):
+            yield partition, key, line.number, line.record, line.received_at
 
 
 def _month_start(year, month):

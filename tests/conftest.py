@@ -22,8 +22,17 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 ENVIRONMENT = (
-    "ETL_DATA_DIR", "ETL_DATABASE_URL", "ETL_HISTORY_START", "ETL_SOURCE_URL", "LUIGI_CONFIG_PATH",
-    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE",
+    "ETL_DATA_DIR",
+    "ETL_DATABASE_URL",
+    "ETL_HISTORY_START",
+    "ETL_SOURCE_URL",
+    "LUIGI_CONFIG_PATH",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_PROFILE",
+    "PGPASSWORD",
+    "PGPASSFILE",
+    "PGSSLMODE",
 )
 
 
@@ -50,15 +59,15 @@ def postgres_server():
         with PostgresContainer("postgres:16", driver=None) as container:
             yield container.get_connection_url()
         return
-    from tasks import database
+    from tasks import server
 
     # Not under pytest's basetemp: any pytest run on the machine resets /tmp/pytest-of-<user> to
     # mode 0700, which would lock out the server's own system user (it runs unprivileged).
     folder = Path(tempfile.mkdtemp(prefix="etl-test-postgres-"))
     try:
-        yield database.start_embedded(folder / "pgdata")
+        yield server.start_embedded(folder / "pgdata")
     finally:
-        database.stop_embedded(folder / "pgdata")
+        server.stop_embedded(folder / "pgdata")
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -108,9 +117,9 @@ def settings(monkeypatch, tmp_path):
                 cfg.add_section(section)
             cfg.set(section, key, str(value))
             values.setdefault(section, {})[key] = str(value)
-        path.write_text("".join(
-            f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in opts.items()) for name, opts in values.items()
-        ))
+        path.write_text(
+            "".join(f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in opts.items()) for name, opts in values.items())
+        )
         monkeypatch.setenv("LUIGI_CONFIG_PATH", str(path))
 
     yield apply
@@ -165,16 +174,31 @@ def write_lines(path: Path, lines, gz: bool = False) -> Path:
 
 def query(sql: str, params=()):
     """Rows of one query on the database in use."""
-    from tasks import database
+    from tasks import db
 
-    with contextlib.closing(database.connect()) as conn, conn.cursor() as cur:
+    with contextlib.closing(db.connect()) as conn, conn.cursor() as cur:
         cur.execute(sql, params)
         return cur.fetchall()
+
+
+@pytest.fixture(autouse=True)
+def fresh_completion_memory():
+    """Completion records a test saw are forgotten: each test has a database of its own."""
+    from tasks import completion, staging
+
+    yield
+    for ledger in (completion.DOWNLOADS, completion.BUILDS, completion.REPORTS, *(d.ledger for d in staging.DATASETS)):
+        ledger.forget()
+    completion.close_checks()
 
 
 def run_cli(*args, env=None, timeout=600):
     """`python -m tasks ARGS` in a child process with the test's environment."""
     return subprocess.run(
-        [sys.executable, "-m", "tasks", *args], cwd=ROOT, env={**os.environ, **(env or {})},
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "tasks", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

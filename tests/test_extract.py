@@ -6,10 +6,11 @@ import json
 
 import luigi
 import pytest
-from conftest import query
 
-from tasks import config, extract
+from tasks import extract
 from tasks.load import LoadHistory
+
+from conftest import query
 
 D1, D2 = datetime.date(2024, 1, 1), datetime.date(2024, 1, 2)
 
@@ -28,9 +29,13 @@ def run(task):
 
 def test_one_file_layout_from_s3(database_url, s3_bucket, monkeypatch):
     client, bucket = s3_bucket
-    client.put_object(Bucket=bucket, Key="feed/events_sample.json",
-                      Body=ndjson(event(1, "2024-01-01T08:00:00Z"), event(2, "2024-01-02T01:00:00+03:00"),
-                                  event(3, "2024-01-02T09:00:00Z")))
+    client.put_object(
+        Bucket=bucket,
+        Key="feed/events_sample.json",
+        Body=ndjson(
+            event(1, "2024-01-01T08:00:00Z"), event(2, "2024-01-02T01:00:00+03:00"), event(3, "2024-01-02T09:00:00Z")
+        ),
+    )
     client.put_object(Bucket=bucket, Key="feed/orgs_sample.json", Body=ndjson({"organization_key": "o1"}))
     monkeypatch.setenv("ETL_SOURCE_URL", f"s3://{bucket}/feed")
     monkeypatch.setenv("ETL_HISTORY_START", "2024-01-01")
@@ -53,9 +58,12 @@ def test_daily_layout_with_gzip_parts_from_s3(database_url, s3_bucket, monkeypat
     # 2024-01-02 has not arrived: the run reports a missing dependency and loads no empty day.
     assert run(LoadHistory(date=D2)).status == luigi.LuigiStatusCode.MISSING_EXT
     assert query("select date, source_key from staging.event order by 2") == [
-        (D1, "events/date=2024-01-01/part-0.json.gz"), (D1, "events/date=2024-01-01/part-1.json.gz")
+        (D1, "events/date=2024-01-01/part-0.json.gz"),
+        (D1, "events/date=2024-01-01/part-1.json.gz"),
     ]
-    client.put_object(Bucket=bucket, Key="events/date=2024-01-02/part-0.json", Body=ndjson(event(3, "2024-01-02T10:00:00Z")))
+    client.put_object(
+        Bucket=bucket, Key="events/date=2024-01-02/part-0.json", Body=ndjson(event(3, "2024-01-02T10:00:00Z"))
+    )
     assert run(LoadHistory(date=D2)).status == luigi.LuigiStatusCode.SUCCESS
     assert query("select date, count(*) from staging.event group by 1 order by 1") == [(D1, 2), (D2, 1)]
 
@@ -64,9 +72,9 @@ def test_a_prefix_of_more_than_a_thousand_objects_is_listed_whole(s3_bucket):
     client, bucket = s3_bucket
     for number in range(1003):
         client.put_object(Bucket=bucket, Key=f"events/date=2024-01-01/part-{number:04d}.json", Body=b"{}\n")
-    listed = extract.Source(f"s3://{bucket}").list("events/date=2024-01-01/")
+    listed = extract.Source(f"s3://{bucket}").objects("events/date=2024-01-01/")
     assert len(listed) == 1003
-    assert listed[0] == ("events/date=2024-01-01/part-0000.json", 3)
+    assert listed[0] == extract.SourceObject("events/date=2024-01-01/part-0000.json", 3)
 
 
 def test_missing_object_has_no_size(s3_bucket):
@@ -74,15 +82,14 @@ def test_missing_object_has_no_size(s3_bucket):
     assert extract.Source(f"s3://{bucket}").objects("nothing.json") == []
 
 
-def test_a_short_download_leaves_no_folder(tmp_path, monkeypatch):
+def test_a_short_copy_leaves_no_file(tmp_path, monkeypatch):
     source = tmp_path / "source"
     source.mkdir()
     (source / "events.json").write_bytes(b"{}\n")
     monkeypatch.setenv("ETL_SOURCE_URL", str(source))
-    destination = config.partition_path("raw", "events", D1)
-    with pytest.raises(IOError, match="expected 10 bytes, received 3"):
-        extract.download([("events.json", 10)], destination)
-    assert not destination.exists()
-    assert list(destination.parent.iterdir()) == []  # no temporary folder left behind either
-    extract.download([("events.json", 3)], destination)
-    assert extract.downloaded(destination) == [("events.json", destination / "00000-events.json")]
+    with pytest.raises(extract.SourceError, match="expected 10 bytes, copied 3"):
+        extract.land(extract.source(), "events", extract.SourceObject("events.json", 10))
+    folder = extract.landing_folder("events")
+    assert list(folder.iterdir()) == []  # neither the file nor its temporary copy
+    landed = extract.land(extract.source(), "events", extract.SourceObject("events.json", 3))
+    assert landed.path == str(folder / "events.json") and (folder / "events.json").read_bytes() == b"{}\n"

@@ -1,4 +1,4 @@
-"""Tests of tasks.generate: the sample is deterministic, committed as generated, and covers the
+"""Tests of tools.generate: the sample is deterministic, committed as generated, and covers the
 contract's cases; the bench writes what it is asked for. No database needed.
 
 The strict line check here is written independently of the generator, from the contract's
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import generate
+from tools import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED_EVENT_FIELDS = ("id", "event_type", "user_id", "received_at")
@@ -44,8 +44,8 @@ def strict_event(raw: bytes):
     if "\\u0000" in text:
         return None
     if received_at.tzinfo is None:
-        received_at = received_at.replace(tzinfo=datetime.timezone.utc)
-    obj["_utc"] = received_at.astimezone(datetime.timezone.utc)
+        received_at = received_at.replace(tzinfo=datetime.UTC)
+    obj["_utc"] = received_at.astimezone(datetime.UTC)
     return obj
 
 
@@ -78,14 +78,14 @@ def test_sample_is_deterministic(sample_dir, tmp_path):
 
 def test_committed_sample_is_what_the_generator_writes(sample_dir):
     # If this fails, the data/ files were edited by hand or the generator changed:
-    # run `python -m tasks.generate sample` and commit both.
+    # run `python -m tools.generate sample` and commit both.
     for name in ("events_sample.json", "orgs_sample.json"):
         assert (ROOT / "data" / name).read_bytes() == (sample_dir / name).read_bytes(), name
 
 
 def test_bad_lines_are_few_and_all_of_the_intended_kinds(sample):
     lines, events = sample
-    bad = [raw for raw, event in zip(lines, events) if event is None]
+    bad = [raw for raw, event in zip(lines, events, strict=True) if event is None]
     assert len(bad) == len(generate.BAD_LINES)
     assert len(bad) / len(lines) < 0.01
     assert 3000 <= len(lines) <= 4000
@@ -99,14 +99,14 @@ def lenient_day(raw: bytes):
     except (ValueError, TypeError, KeyError):
         return None
     if received_at.tzinfo is None:
-        received_at = received_at.replace(tzinfo=datetime.timezone.utc)
-    return received_at.astimezone(datetime.timezone.utc).date().isoformat()
+        received_at = received_at.replace(tzinfo=datetime.UTC)
+    return received_at.astimezone(datetime.UTC).date().isoformat()
 
 
 def test_bad_lines_have_a_readable_day_as_documented(sample):
     # Loaders file a rejected line under its day when they can read one (contract section 4).
     lines, events = sample
-    found = collections.Counter(lenient_day(raw) for raw, event in zip(lines, events) if event is None)
+    found = collections.Counter(lenient_day(raw) for raw, event in zip(lines, events, strict=True) if event is None)
     expected = collections.Counter(at[:10] if dated else None for _, at, dated in generate.BAD_LINES)
     assert found == expected
 
@@ -138,7 +138,7 @@ def test_sample_covers_four_months_and_several_cohorts(sample):
 def test_sample_has_duplicates_and_late_redeliveries(sample):
     lines, events = sample
     by_id = collections.defaultdict(list)
-    for raw, e in zip(lines, events):
+    for raw, e in zip(lines, events, strict=True):
         if e is not None:
             by_id[e["id"]].append((raw, e["_utc"].date()))
     repeated = [copies for copies in by_id.values() if len(copies) > 1]
@@ -146,7 +146,7 @@ def test_sample_has_duplicates_and_late_redeliveries(sample):
     late = [c for c in repeated if len({day for _, day in c}) > 1]
     assert len(exact) >= 10
     assert len(late) >= 3
-    adjacent = sum(1 for a, b in zip(lines, lines[1:]) if a == b and strict_event(a) is not None)
+    adjacent = sum(1 for a, b in zip(lines, lines[1:], strict=False) if a == b and strict_event(a) is not None)
     assert 0 < adjacent < len(exact)
 
 
@@ -167,8 +167,23 @@ def test_sample_has_partial_updates_unknown_types_and_recreated_users(sample):
 @pytest.mark.parametrize("layout", ["one-file", "daily"])
 @pytest.mark.parametrize("compress", [False, True])
 def test_bench_writes_the_requested_events(tmp_path, layout, compress):
-    args = ["bench", "--out", str(tmp_path), "--start", "2024-02-28", "--end", "2024-03-01",
-            "--events-per-day", "250", "--layout", layout, "--part-lines", "100", "--orgs", "7"]
+    args = [
+        "bench",
+        "--out",
+        str(tmp_path),
+        "--start",
+        "2024-02-28",
+        "--end",
+        "2024-03-01",
+        "--events-per-day",
+        "250",
+        "--layout",
+        layout,
+        "--part-lines",
+        "100",
+        "--orgs",
+        "7",
+    ]
     generate.main(args + (["--gzip"] if compress else []))
     suffix = ".json.gz" if compress else ".json"
 
@@ -176,8 +191,10 @@ def test_bench_writes_the_requested_events(tmp_path, layout, compress):
     if layout == "one-file":
         files = {None: [tmp_path / f"events{suffix}"]}
     else:
-        files = {day: sorted((tmp_path / "events" / f"date={day}").iterdir())
-                 for day in ("2024-02-28", "2024-02-29", "2024-03-01")}
+        files = {
+            day: sorted((tmp_path / "events" / f"date={day}").iterdir())
+            for day in ("2024-02-28", "2024-02-29", "2024-03-01")
+        }
         assert all(len(parts) == 3 for parts in files.values())  # 100 + 100 + 50
     total = 0
     for day, paths in files.items():

@@ -1,4 +1,7 @@
-"""tasks.heatmap: a cohort report CSV becomes a readable PNG, written atomically."""
+"""tasks.heatmap: a cohort report's CSV becomes a slide-wide PNG and an SVG, the same bytes every time."""
+
+import io
+import xml.etree.ElementTree as ET
 
 import matplotlib.image
 
@@ -18,40 +21,35 @@ WORKED_EXAMPLE = HEADER + (
 )
 
 
-def _read_png(path):
-    assert path.read_bytes()[:8] == PNG_MAGIC
-    return matplotlib.image.imread(path)  # raises on a truncated or corrupt file
+def _png_size(content: bytes):
+    assert content[:8] == PNG_MAGIC
+    height, width = matplotlib.image.imread(io.BytesIO(content)).shape[:2]  # raises on a corrupt file
+    return width, height
 
 
-def test_heatmap_of_worked_example(tmp_path):
-    csv_path = tmp_path / "cohort_summary_2024-03-06.csv"
-    csv_path.write_text(WORKED_EXAMPLE)
-    png_path = tmp_path / "out" / "heatmap.png"
-
-    assert heatmap.write_heatmap(csv_path, png_path) == png_path
-
-    height, width = _read_png(png_path).shape[:2]
-    assert width >= 400 and height >= 200
-    assert [p.name for p in png_path.parent.iterdir()] == ["heatmap.png"]  # no temp file left
+def test_heatmap_of_worked_example_is_slide_wide():
+    width, height = _png_size(heatmap.render(WORKED_EXAMPLE, "2024-03-06", "png"))
+    assert width >= 1600 and height >= 400
 
 
-def test_same_report_gives_same_bytes(tmp_path):
-    csv_path = tmp_path / "cohort_summary_2024-03-06.csv"
-    csv_path.write_text(WORKED_EXAMPLE)
-    first = heatmap.write_heatmap(csv_path, tmp_path / "a.png").read_bytes()
-    second = heatmap.write_heatmap(csv_path, tmp_path / "b.png").read_bytes()
-    assert first == second
+def test_svg_is_a_drawing_with_every_cell_label():
+    svg = heatmap.render(WORKED_EXAMPLE, "2024-03-06", "svg")
+    root = ET.fromstring(svg)
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    text = svg.decode()
+    # matplotlib draws text as glyph paths but keeps each string in a comment
+    for label in ("100.0%", "66.7%", "2024-01 (3)", "2024-03 (1)", "report of 2024-03-06"):
+        assert label in text
 
 
-def test_empty_report_still_gives_a_png(tmp_path):
-    csv_path = tmp_path / "cohort_summary_2024-01-01.csv"
-    csv_path.write_text(HEADER)
-    png_path = tmp_path / "empty.png"
+def test_same_report_gives_same_bytes():
+    for fmt in ("png", "svg"):
+        assert heatmap.render(WORKED_EXAMPLE, "2024-03-06", fmt) == heatmap.render(WORKED_EXAMPLE, "2024-03-06", fmt)
 
-    heatmap.write_heatmap(csv_path, png_path)
 
-    height, width = _read_png(png_path).shape[:2]
-    assert width >= 400 and height >= 200
+def test_empty_report_still_gives_a_picture():
+    width, _ = _png_size(heatmap.render(HEADER, "2024-01-01", "png"))
+    assert width >= 1600
 
 
 def test_report_date_comes_from_the_file_name():
@@ -59,13 +57,13 @@ def test_report_date_comes_from_the_file_name():
     assert heatmap.report_date("other.csv") == "other.csv"
 
 
-def test_cli_writes_png_next_to_csv(tmp_path, capsys):
+def test_cli_writes_next_to_the_csv(tmp_path, capsys):
     csv_path = tmp_path / "cohort_summary_2024-03-06.csv"
     csv_path.write_text(WORKED_EXAMPLE)
-
     assert heatmap.main([str(csv_path)]) == 0
-
     png_path = tmp_path / "cohort_summary_2024-03-06.png"
-    _read_png(png_path)
+    _png_size(png_path.read_bytes())
     assert capsys.readouterr().out.strip() == str(png_path)
+    assert heatmap.main([str(csv_path), str(tmp_path / "out.svg")]) == 0
+    assert (tmp_path / "out.svg").read_bytes().lstrip().startswith(b"<?xml")
     assert heatmap.main([]) == 2

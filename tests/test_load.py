@@ -1,38 +1,60 @@
-"""Staging loads against a real PostgreSQL: exact counts, rejects, idempotence, atomicity, locks."""
+"""Staging loads against a real PostgreSQL: exact counts, rejects, one pass per object, batches,
+idempotence, atomicity, locks."""
 
+import contextlib
 import datetime
 import os
 import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import luigi
+import psycopg2
 import pytest
+
+from tasks import extract, overwrite, staging
+from tasks.load import LoadEvents, LoadFailed, LoadHistory, load_partitions
+
 from conftest import ROOT, query, run_cli, write_lines
 
-from tasks import database
-from tasks.extract import downloaded
-from tasks.load import EVENTS, LoadEvents, LoadHistory, RejectRatioExceeded, load_partition
-
 D1, D2, D3 = datetime.date(2024, 1, 1), datetime.date(2024, 1, 2), datetime.date(2024, 1, 3)
+EVENTS = staging.EVENTS
 
 
 def event(number, received_at, **extra):
-    return {"id": f"e{number}", "event_type": "user_created", "user_id": f"u{number}", "received_at": received_at, **extra}
+    return {
+        "id": f"e{number}",
+        "event_type": "user_created",
+        "user_id": f"u{number}",
+        "received_at": received_at,
+        **extra,
+    }
 
 
-def run(task):
-    return luigi.build([task], local_scheduler=True, detailed_summary=True, log_level="WARNING")
+def run(*tasks, workers=1):
+    return luigi.build(list(tasks), local_scheduler=True, detailed_summary=True, log_level="WARNING", workers=workers)
 
 
 def partition_counts(table):
     return dict(query(f"select date, count(*) from {table} group by date order by date"))
 
 
+def ledger(table="staging.event_partition"):
+    return query(f"select partition_date, row_count, reject_count from {table} order by 1")
+
+
 def fingerprint():
-    """Everything staging and the markers hold, so that a re-run can be shown to change nothing."""
-    tables = ["staging.event", "staging.organization", "staging.event_rejected", "etl.marker"]
+    """Everything staging and its ledgers hold, so that a re-run can be shown to change nothing."""
+    tables = [
+        "staging.event",
+        "staging.organization",
+        "staging.event_rejected",
+        "staging.event_partition",
+        "staging.organization_partition",
+        "etl.download",
+    ]
     return {t: query(f"select md5(string_agg(t::text, '|' order by t::text)), count(*) from {t} t") for t in tables}
 
 
@@ -40,19 +62,22 @@ def fingerprint():
 def one_file_source(tmp_path, monkeypatch, settings):
     """A one-file source over three days, with duplicates, offsets and bad lines of every kind."""
     source = tmp_path / "source"
-    write_lines(source / "events_sample.json", [
-        event(1, "2024-01-01T10:00:00Z"),
-        event(2, "2024-01-02T01:00:00+02:00"),  # 2024-01-01 23:00 UTC
-        event(3, "2024-01-02T12:00:00"),  # no offset: UTC
-        event(3, "2024-01-02T12:00:00"),  # duplicate delivery: a line like any other in staging
-        event(4, "2024-01-02T23:30:00-01:00"),  # 2024-01-03 00:30 UTC
-        b"{not json",  # day unreadable: recorded by every load
-        {"id": "e5", "received_at": "2024-01-02T08:00:00Z"},  # missing fields, day readable
-        event(6, "2024-01-03T10:00:00Z", user_id=6),  # wrong type, day readable
-        event(7, "someday"),  # day unreadable
-        event(8, "2024-01-03T11:00:00Z", username="a\u0000b"),
-        event(9, "2024-01-04T00:00:00Z"),  # after every loaded date
-    ])
+    write_lines(
+        source / "events_sample.json",
+        [
+            event(1, "2024-01-01T10:00:00Z"),
+            event(2, "2024-01-02T01:00:00+02:00"),  # 2024-01-01 23:00 UTC
+            event(3, "2024-01-02T12:00:00"),  # no offset: UTC
+            event(3, "2024-01-02T12:00:00"),  # duplicate delivery: a line like any other in staging
+            event(4, "2024-01-02T23:30:00-01:00"),  # 2024-01-03 00:30 UTC
+            b"{not json",  # day unreadable: recorded by every load
+            {"id": "e5", "received_at": "2024-01-02T08:00:00Z"},  # missing fields, day readable
+            event(6, "2024-01-03T10:00:00Z", user_id=6),  # wrong type, day readable
+            event(7, "someday"),  # day unreadable
+            event(8, "2024-01-03T11:00:00Z", username="a\u0000b"),
+            event(9, "2024-01-04T00:00:00Z"),  # after every loaded date
+        ],
+    )
     write_lines(source / "orgs_sample.json", [{"organization_key": "o1"}, {"organization_key": "o2", "x": 1}])
     monkeypatch.setenv("ETL_SOURCE_URL", str(source))
     monkeypatch.setenv("ETL_HISTORY_START", D1.isoformat())
@@ -73,42 +98,79 @@ def test_one_file_layout_exact_counts_and_rejects(database_url, one_file_source)
     raw = query("select raw_line from staging.event_rejected where line_number = 6 limit 1")[0][0]
     assert bytes(raw) == b"{not json"
     assert query("select received_at from staging.event where event_id = 'e2'")[0][0] == datetime.datetime(
-        2024, 1, 1, 23, tzinfo=datetime.timezone.utc
+        2024, 1, 1, 23, tzinfo=datetime.UTC
     )
-    markers = query("select partition_date, row_count, reject_count from etl.marker where target = 'staging.event' order by 1")
-    assert markers == [(D1, 2, 2), (D2, 2, 3), (D3, 1, 4)]
+    assert ledger() == [(D1, 2, 2), (D2, 2, 3), (D3, 1, 4)]
+
+
+def test_a_one_file_object_is_read_once_for_every_date(database_url, one_file_source, monkeypatch):
+    opened = []
+    real_open = extract.Source.open
+    monkeypatch.setattr(extract.Source, "open", lambda self, obj: opened.append(obj.key) or real_open(self, obj))
+    assert run(LoadHistory(date=D3)).status == luigi.LuigiStatusCode.SUCCESS
+    # One pass per object for the three dates: Luigi batched each task family into one run.
+    assert sorted(opened) == ["events_sample.json", "orgs_sample.json"]
+    assert sorted(key for (key,) in query("select distinct source_key from staging.event")) == ["events_sample.json"]
+    # The object was landed once, not once per date.
+    raw = extract.landing_folder("events")
+    assert [path.name for path in raw.rglob("*") if path.is_file()] == ["events_sample.json"]
 
 
 def test_rerun_changes_nothing_and_checks_completion_in_bulk(database_url, one_file_source, monkeypatch):
     run(LoadHistory(date=D3))
     before = fingerprint()
     checks = []
-    monkeypatch.setattr(database.MarkerTarget, "exists", lambda self: checks.append(self) or True)
+    monkeypatch.setattr(staging.completion.LedgerTarget, "exists", lambda self: checks.append(self) or True)
     result = run(LoadHistory(date=D3))
     assert result.status == luigi.LuigiStatusCode.SUCCESS
-    assert checks == []  # no completion query per date: one bulk query answered for the range
+    assert checks == []  # no completion query per date: one query per ledger answered for the range
     assert fingerprint() == before
+
+
+def test_a_load_asks_afresh_what_another_process_removed(database_url, one_file_source):
+    # A long-lived worker remembers which partitions it saw done; a FORCE in another process then
+    # removes one. When luigid hands this worker the load, it must load the partition again.
+    run(LoadHistory(date=D3))
+    loaded = partition_counts("staging.event")
+    assert EVENTS.ledger.done([D1, D2, D3]) == {D1, D2, D3}
+    with contextlib.closing(psycopg2.connect(database_url)) as other, other, other.cursor() as cur:
+        cur.execute("delete from staging.event where date = %s", (D2,))
+        cur.execute("delete from staging.event_partition where partition_date = %s", (D2,))
+    # As the worker luigid hands the task to runs it: no completion check of its own first.
+    task = LoadEvents(date=D2)
+    task.set_status_message = task.set_progress_percentage = lambda *_: None
+    task.run()
+    assert query("select count(*) from staging.event_partition where partition_date = %s", (D2,)) == [(1,)]
+    assert partition_counts("staging.event") == loaded
 
 
 def test_reloading_a_partition_replaces_it(database_url, one_file_source):
     run(LoadHistory(date=D2))
     write_lines(one_file_source / "events_sample.json", [event(10, "2024-01-02T05:00:00Z")])
-    objects = [("events_sample.json", one_file_source / "events_sample.json")]
-    load_partition(EVENTS, D2, objects, one_file=True)
+    overwrite.invalidate(D2)
+    assert run(LoadHistory(date=D2)).status == luigi.LuigiStatusCode.SUCCESS
     assert partition_counts("staging.event") == {D1: 2, D2: 1}
     assert query("select event_id from staging.event where date = %s", (D2,)) == [("e10",)]
     assert partition_counts("staging.event_rejected") == {D1: 2}
+    assert [row[0] for row in query("select load_id from staging.event where date = %s", (D2,))] == [
+        query("select load_id from staging.event_partition where partition_date = %s", (D2,))[0][0]
+    ]
 
 
-def test_daily_layout_waits_for_a_missing_day(database_url, tmp_path, monkeypatch, settings):
+@pytest.fixture
+def daily_source(tmp_path, monkeypatch, settings):
     source = tmp_path / "source"
-    write_lines(source / "events/date=2024-01-01/part-0.json", [event(1, "2024-01-01T10:00:00Z")])
-    write_lines(source / "events/date=2024-01-01/part-1.json.gz", [event(2, "2023-12-31T23:00:00Z")], gz=True)
-    write_lines(source / "events/date=2024-01-02/part-0.json", [event(3, "2024-01-03T10:00:00Z")])
-    write_lines(source / "orgs.json", [{"organization_key": "o1"}])
     monkeypatch.setenv("ETL_SOURCE_URL", str(source))
     monkeypatch.setenv("ETL_HISTORY_START", D1.isoformat())
     settings("source", events_key="events/date={date}/", orgs_key="orgs.json")
+    write_lines(source / "orgs.json", [{"organization_key": "o1"}])
+    return source
+
+
+def test_daily_layout_waits_for_a_missing_day(database_url, daily_source):
+    write_lines(daily_source / "events/date=2024-01-01/part-0.json", [event(1, "2024-01-01T10:00:00Z")])
+    write_lines(daily_source / "events/date=2024-01-01/part-1.json.gz", [event(2, "2023-12-31T23:00:00Z")], gz=True)
+    write_lines(daily_source / "events/date=2024-01-02/part-0.json", [event(3, "2024-01-03T10:00:00Z")])
 
     result = run(LoadHistory(date=D3))
     assert result.status == luigi.LuigiStatusCode.MISSING_EXT
@@ -117,26 +179,31 @@ def test_daily_layout_waits_for_a_missing_day(database_url, tmp_path, monkeypatc
     assert query("select source_key, line_number from staging.event where event_id = 'e2'") == [
         ("events/date=2024-01-01/part-1.json.gz", 1)
     ]
-    assert not os.path.exists(database.config.partition_path("raw", "events", D3))
+    assert query("select count(*) from etl.download where dataset = 'events' and partition_date = %s", (D3,)) == [(0,)]
 
 
-def test_over_the_reject_ratio_the_partition_fails_but_rejects_stay(database_url, tmp_path, monkeypatch, settings):
-    source = tmp_path / "source"
+def download(days):
+    assert run(*(extract.DownloadEvents(day) for day in days)).status == luigi.LuigiStatusCode.SUCCESS
+
+
+def test_over_the_reject_ratio_the_partition_fails_but_rejects_stay(database_url, daily_source, settings):
     lines = [event(n, "2024-01-01T10:00:00Z") for n in range(1, 9)] + [b"oops", {"id": "x"}]
-    path = write_lines(source / "events/date=2024-01-01/part-0.json", lines)
-    settings("source", events_key="events/date={date}/")
-    with pytest.raises(RejectRatioExceeded) as failure:
-        load_partition(EVENTS, D1, [("events/date=2024-01-01/part-0.json", path)], one_file=False)
+    write_lines(daily_source / "events/date=2024-01-01/part-0.json", lines)
+    write_lines(daily_source / "events/date=2024-01-02/part-0.json", [event(20, "2024-01-02T10:00:00Z")])
+    download([D1, D2])
+    with pytest.raises(LoadFailed) as failure:
+        load_partitions(EVENTS, [D1, D2], route_by_day=False)
     message = str(failure.value)
     assert "part-0.json" in message and "line 9" in message and "line 10" in message
     assert "max_reject_ratio" in message and "2 of 10" in message
-    assert partition_counts("staging.event") == {}
+    # The bad partition loaded no rows and has no ledger row; the good one of the same run committed.
+    assert partition_counts("staging.event") == {D2: 1}
     assert partition_counts("staging.event_rejected") == {D1: 2}
-    assert query("select count(*) from etl.marker")[0][0] == 0
+    assert ledger() == [(D2, 1, 0)]
 
     settings("etl", max_reject_ratio=0.2)  # the setting the message names lets the same data in
-    load_partition(EVENTS, D1, [("events/date=2024-01-01/part-0.json", path)], one_file=False)
-    assert partition_counts("staging.event") == {D1: 8}
+    load_partitions(EVENTS, [D1], route_by_day=False)
+    assert partition_counts("staging.event") == {D1: 8, D2: 1}
 
 
 def test_missing_one_file_source_fails_with_a_clear_message(database_url, tmp_path, monkeypatch):
@@ -144,72 +211,83 @@ def test_missing_one_file_source_fails_with_a_clear_message(database_url, tmp_pa
     monkeypatch.setenv("ETL_HISTORY_START", D1.isoformat())
     result = run(LoadHistory(date=D1))
     assert result.status == luigi.LuigiStatusCode.FAILED
-    assert database.marked_dates(EVENTS.table, [D1]) == set()
+    assert staging.EVENTS.ledger.done([D1]) == set()
 
 
-def test_same_date_twice_at_once_loads_once(database_url, tmp_path):
-    lines = [event(n, "2024-01-01T10:00:00Z") for n in range(5000)]
-    path = write_lines(tmp_path / "events.json", lines)
-    objects = [("events.json", path)]
+def test_same_dates_at_once_load_once(database_url, daily_source):
+    for day in (D1, D2):
+        write_lines(
+            daily_source / f"events/date={day}/part-0.json", [event(n, f"{day}T10:00:00Z") for n in range(5000)]
+        )
+    download([D1, D2])
     errors = []
 
-    def load(date):
+    def load(days):
         try:
-            load_partition(EVENTS, date, objects, one_file=False)
+            load_partitions(EVENTS, days, route_by_day=False)
         except Exception as err:  # pragma: no cover - reported by the assertion below
             errors.append(err)
 
-    threads = [threading.Thread(target=load, args=(d,)) for d in (D1, D1, D2, D1)]
+    threads = [threading.Thread(target=load, args=(days,)) for days in ([D1], [D1, D2], [D2, D1], [D1])]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert errors == []
     assert partition_counts("staging.event") == {D1: 5000, D2: 5000}
-    assert query("select count(distinct load_id) from staging.event where date = %s", (D1,))[0][0] == 1
+    # Whoever waited for a partition's lock found it loaded and left it alone: one load each.
+    assert query("select count(distinct load_id) from staging.event group by date") == [(1,), (1,)]
 
 
 KILL_SCRIPT = """
-import sys, datetime
-from pathlib import Path
-from tasks.load import EVENTS, load_partition
-load_partition(EVENTS, datetime.date(2024, 1, 1), [("big.json", Path(sys.argv[1]))], one_file=False)
+import datetime
+from tasks import staging
+from tasks.load import load_partitions
+load_partitions(staging.EVENTS, [datetime.date(2024, 1, 1)], route_by_day=False)
 """
 
 
-def test_loader_killed_mid_copy_leaves_the_old_partition(database_url, tmp_path):
-    small = write_lines(tmp_path / "small.json", [event(n, "2024-01-01T10:00:00Z") for n in range(10)])
-    load_partition(EVENTS, D1, [("small.json", small)], one_file=False)
-    big = write_lines(tmp_path / "big.json", [event(n, "2024-01-01T10:00:00Z", pad="x" * 200) for n in range(200_000)])
+def test_loader_killed_mid_copy_leaves_the_old_partition(database_url, daily_source):
+    part = daily_source / "events/date=2024-01-01/part-0.json"
+    write_lines(part, [event(n, "2024-01-01T10:00:00Z") for n in range(10)])
+    download([D1])
+    load_partitions(EVENTS, [D1], route_by_day=False)
+    write_lines(part, [event(n, "2024-01-01T10:00:00Z", pad="x" * 200) for n in range(200_000)])
+    overwrite.invalidate(D1)
+    download([D1])
 
-    loader = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(big)], cwd=ROOT, env=os.environ.copy())
+    loader = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT], cwd=ROOT, env=os.environ.copy())
     try:
         # Wait for COPY to be under way (a condition, not a fixed delay), then kill without warning.
         copying = False
         while loader.poll() is None and not copying:
-            copying = query(
-                "select count(*) from pg_stat_progress_copy where relid = 'staging.event'::regclass"
-                " and tuples_processed > 0"
-            )[0][0] > 0
+            copying = (
+                query(
+                    "select count(*) from pg_stat_progress_copy where relid = 'staging.event'::regclass"
+                    " and tuples_processed > 0"
+                )[0][0]
+                > 0
+            )
         assert copying, "the loader ended before its COPY was seen"
         loader.send_signal(signal.SIGKILL)
     finally:
         loader.wait()
     assert loader.returncode == -signal.SIGKILL
-    # The server rolls the dead session back: the old partition and its marker are intact.
+    # The server rolls the dead session back: the old rows are intact, and no ledger row claims
+    # a partition the loader did not finish (FORCE removed the old one), so the next run reloads.
     assert partition_counts("staging.event") == {D1: 10}
-    assert query("select row_count from etl.marker where partition_date = %s", (D1,)) == [(10,)]
+    assert ledger() == []
 
-    load_partition(EVENTS, D1, [("big.json", big)], one_file=False)
+    load_partitions(EVENTS, [D1], route_by_day=False)
     assert partition_counts("staging.event") == {D1: 200_000}
     assert query("select count(distinct event_id) from staging.event")[0][0] == 200_000
-    assert query("select row_count from etl.marker where partition_date = %s", (D1,)) == [(200_000,)]
+    assert ledger() == [(D1, 200_000, 0)]
 
 
 def test_download_is_recorded_with_its_source_keys(database_url, one_file_source):
     run(LoadEvents(date=D1))
-    folder = database.config.partition_path("raw", "events", D1)
-    assert [(key, path.read_bytes()) for key, path in downloaded(folder)] == [
+    (objects,) = extract.downloaded("events", [D1]).values()
+    assert [(obj.key, Path(obj.path).read_bytes()) for obj in objects] == [
         ("events_sample.json", (one_file_source / "events_sample.json").read_bytes())
     ]
 
@@ -222,18 +300,25 @@ def test_cli_malformed_date_is_one_line():
 
 
 def test_cli_exits_non_zero_when_a_task_fails(database_url, tmp_path):
-    result = run_cli("load", "2024-01-02", env={"ETL_SOURCE_URL": str(tmp_path / "nowhere"), "ETL_HISTORY_START": "2024-01-01"})
+    result = run_cli(
+        "load", "2024-01-02", env={"ETL_SOURCE_URL": str(tmp_path / "nowhere"), "ETL_HISTORY_START": "2024-01-01"}
+    )
     assert result.returncode == 30, result.stderr[-2000:]
-    assert "not found" in result.stderr
+    assert "not found" in result.stdout + result.stderr
 
 
-def test_a_second_entry_of_an_organization_is_rejected(database_url, tmp_path):
-    path = write_lines(tmp_path / "orgs.json", [{"organization_key": "o1"}, {"organization_key": "o2"},
-                                                {"organization_key": "o1", "organization_name": "again"}])
-    from tasks.load import ORGANIZATIONS
-
-    with pytest.raises(RejectRatioExceeded):
-        load_partition(ORGANIZATIONS, D1, [("orgs.json", path)], one_file=False)
+def test_a_second_entry_of_an_organization_is_rejected(database_url, daily_source):
+    write_lines(
+        daily_source / "orgs.json",
+        [
+            {"organization_key": "o1"},
+            {"organization_key": "o2"},
+            {"organization_key": "o1", "organization_name": "again"},
+        ],
+    )
+    assert run(extract.DownloadOrganizations(D1)).status == luigi.LuigiStatusCode.SUCCESS
+    with pytest.raises(LoadFailed, match="max_reject_ratio"):
+        load_partitions(staging.ORGANIZATIONS, [D1], route_by_day=False)
     assert query("select line_number, reason from staging.organization_rejected") == [
         (3, "duplicate organization_key (first at orgs.json line 1)")
     ]

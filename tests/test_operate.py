@@ -1,5 +1,6 @@
 """Operating the pipeline: luigid with history, backfill in parallel, forced reprocessing, clean."""
 
+import datetime
 import json
 import shutil
 import socket
@@ -8,11 +9,17 @@ import urllib.request
 import warnings
 from pathlib import Path
 
+import luigi
 import pytest
+
+from tasks import config, db
+from tasks.load import LoadHistory
+from tasks.partitions import dates
+from tasks.transform import BuildWarehouse
+from tasks.workflows import Backfill
+from tools import screenshot
+
 from conftest import query, run_cli
-
-from tasks import database
-
 from test_report import REPORT_2024_03_05, WORKED_EXAMPLE, one_file_source
 
 pytestmark = pytest.mark.slow
@@ -38,20 +45,16 @@ def worked_example(tmp_path, monkeypatch):
 
 
 def screenshot_of_finished_tasks(port: int, path: Path) -> list[str]:
-    """Open the Luigi UI in headless Chromium, save a screenshot, and return the text of each task row."""
+    """Photograph the Luigi UI (as make docs does) and return the text of each task row."""
     from playwright.sync_api import sync_playwright
 
+    screenshot.photograph(port, path)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
-        )
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=screenshot.CHROMIUM_FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(f"http://localhost:{port}/static/visualiser/index.html#tab=tasks&family=RunEtl")
             page.wait_for_selector("tbody tr:has-text('RunEtl')", timeout=30_000)
-            page.screenshot(path=str(path))
             return [" ".join(row.split()) for row in page.locator("tbody tr").all_inner_texts()]
         finally:
             browser.close()
@@ -67,9 +70,13 @@ def test_luigid_backfill_history_and_clean(database_url, worked_example, setting
         assert result.returncode == 0, result.stderr[-3000:]
         assert "using the local scheduler" not in result.stderr
         done = api(port, "task_list", status="DONE")
-        assert {"RunEtl(date=2024-03-05)", "RunEtl(date=2024-03-06)"} <= {task["display_name"] for task in done.values()}
+        assert {"RunEtl(date=2024-03-05)", "RunEtl(date=2024-03-06)"} <= {
+            task["display_name"] for task in done.values()
+        }
         loads = [task for task in done.values() if task["name"] == "LoadEvents"]
-        assert loads and all("rows loaded" in (task["status_message"] or "") for task in loads)
+        assert loads and all(" rows, " in (task["status_message"] or "") for task in loads)
+        # Two workers, one build: no worker starts a build on the first dates loaded.
+        assert query("select count(distinct built_at), count(*) from etl.build") == [(1, 2)]
         reports = tmp_path / "work" / "reports"
         assert (reports / "cohort_summary_2024-03-05.csv").read_text() == REPORT_2024_03_05
         assert (reports / "cohort_summary_2024-03-06.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -80,7 +87,9 @@ def test_luigid_backfill_history_and_clean(database_url, worked_example, setting
             assert "date=2024-03-05" in run_etl[0] and "date=2024-03-06" in run_etl[1]
             assert (tmp_path / "luigi-ui.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         else:
-            warnings.warn("chromium is not installed (make browser): the Luigi UI was not checked in a browser")
+            warnings.warn(
+                "chromium is not installed (make browser): the Luigi UI was not checked in a browser", stacklevel=1
+            )
 
         # History outlives the scheduler: restart it and the runs are still recorded.
         assert run_cli("luigid-stop").returncode == 0
@@ -91,7 +100,7 @@ def test_luigid_backfill_history_and_clean(database_url, worked_example, setting
     finally:
         run_cli("luigid-stop")
 
-    with database.transaction() as conn, conn.cursor() as cur:
+    with db.transaction() as conn, conn.cursor() as cur:
         cur.execute("create schema keep_me; create table keep_me.t (x int)")
     cleaned = run_cli("clean")
     assert cleaned.returncode == 0, cleaned.stderr
@@ -117,9 +126,35 @@ def test_force_reloads_a_date_and_invalidates_later_reports(database_url, worked
     assert unchanged.stdout.endswith(REPORT_2024_03_05)  # complete: nothing is re-read without FORCE
     forced = run_cli("run-etl", "2024-03-04", "--force")
     assert forced.returncode == 0, forced.stderr[-3000:]
-    assert "marked staging.event 2024-03-04 for reload" in forced.stdout
-    assert "marked dbt build 2024-03-05 for rebuild" in forced.stdout
-    assert forced.stdout.endswith(expected)
+    assert "staging.event 2024-03-04 will be reloaded from the source" in forced.stdout
+    assert "reports after 2024-03-04 will be rebuilt too: 2024-03-05" in forced.stdout
+    assert forced.stdout.endswith(expected)  # 2024-03-04's report: u3 not back yet, u5 not yet there
     assert query("select count(*) from historical.hist_user_event where event_id = 'e9'") == [(0,)]
-    rebuilt = run_cli("run-etl", "2024-03-05")  # the later report saw 03-04, so it is built again
-    assert rebuilt.returncode == 0 and rebuilt.stdout.endswith(expected)
+    # The later report saw 03-04, so the same run rebuilt it: no stale report is left.
+    assert (worked_example.parent / "work" / "reports" / "cohort_summary_2024-03-05.csv").read_text() == expected
+    assert run_cli("run-etl", "2024-03-05").stdout.endswith(expected)
+
+
+def test_every_build_of_a_backfill_waits_for_its_whole_range():
+    # Otherwise an idle worker builds the first dates loaded, and the rest need a second build.
+    first, last = datetime.date(2024, 3, 1), datetime.date(2024, 3, 6)
+    pending, builds = [Backfill(first, last)], []
+    while pending:
+        task = pending.pop()
+        builds += [task] if isinstance(task, BuildWarehouse) else []
+        pending += luigi.task.flatten(task.requires())
+    assert sorted(max(dates(build)) for build in builds) == config.dates_between(first, last)
+    assert {build.requires() for build in builds} == {LoadHistory(last)}
+
+
+def test_every_task_survives_the_schedulers_string_form():
+    # luigid and a batched run hand a task over as strings; the worker rebuilds it with from_str_params.
+    pending, seen = [Backfill(datetime.date(2024, 3, 1), datetime.date(2024, 3, 3))], 0
+    pending += [BuildWarehouse(date=(datetime.date(2024, 3, 1), datetime.date(2024, 3, 2)))]
+    while pending:
+        task = pending.pop()
+        assert type(task).from_str_params(task.to_str_params()) == task
+        assert type(task).from_str_params(task.to_str_params()).to_str_params() == task.to_str_params()
+        pending += luigi.task.flatten(task.requires())
+        seen += 1
+    assert seen > 10

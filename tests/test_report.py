@@ -10,12 +10,14 @@ import json
 
 import luigi
 import pytest
-from conftest import ROOT, query, run_cli, write_lines
+
+from tasks import completion, config, db, overwrite
+from tasks.export import report_path
+from tasks.load import LoadHistory
+from tasks.workflows import RunEtl
 
 import cohort_oracle
-from tasks import database, overwrite
-from tasks.export import RunEtl, report_path
-from tasks.load import LoadHistory
+from conftest import ROOT, query, run_cli, write_lines
 
 pytestmark = pytest.mark.slow
 
@@ -42,8 +44,10 @@ cohort_month,months_since_signup,cohort_size,active_users,retention_rate
 2024-02,1,1,1,1.0000
 """
 
-ORGS = [{"organization_key": "o1", "organization_name": "One", "organization_tier": "pro"},
-        {"organization_key": "o2", "organization_name": "Two", "organization_tier": "free"}]
+ORGS = [
+    {"organization_key": "o1", "organization_name": "One", "organization_tier": "pro"},
+    {"organization_key": "o2", "organization_name": "Two", "organization_tier": "free"},
+]
 
 
 def run_etl(date):
@@ -73,7 +77,9 @@ def test_contract_worked_example_both_dates(database_url, tmp_path, monkeypatch)
     assert query("select count(*) from reporting.cohort_summary where as_of_date = '2024-03-05'") == [(5,)]
     # u3: deleted, then created again; two lifecycle versions after the first, one current.
     assert query("select status, is_current from dimensional.dim_user where user_id = 'u3' order by valid_from") == [
-        ("active", False), ("deleted", False), ("active", True)
+        ("active", False),
+        ("deleted", False),
+        ("active", True),
     ]
     # The partial update keeps the fields it does not name.
     assert query("select username, organization_key from dimensional.dim_user where user_id = 'u1' and is_current") == [
@@ -92,18 +98,23 @@ def test_bundled_sample_out_of_order_and_rerun(database_url, monkeypatch):
     assert run_etl(early) == cohort_oracle.report(events, early)  # run after a later date
     assert report_path(late).read_text() == late_report
 
-    before = [table_state("staging.event", "date, source_key, line_number"),
-              table_state("dimensional.fac_user", "event_id"),
-              table_state("reporting.cohort_summary", "as_of_date, cohort_month, months_since_signup")]
+    before = [
+        table_state("staging.event", "date, source_key, line_number"),
+        table_state("dimensional.fac_user", "event_id"),
+        table_state("reporting.cohort_summary", "as_of_date, cohort_month, months_since_signup"),
+    ]
     result = run_cli("run-etl", late.isoformat())
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.endswith(late_report)  # prints the path and the rows
-    assert "report: " in result.stdout
-    assert "Did not run any tasks" in result.stderr
+    assert f"report {report_path(late)} (10 rows" in result.stdout
+    assert "nothing to load: every partition was already loaded" in result.stdout
+    assert "Did not run any tasks" in next((config.data_dir() / "logs").glob("run-*.log")).read_text()
     assert report_path(late).read_text() == late_report
-    assert [table_state("staging.event", "date, source_key, line_number"),
-            table_state("dimensional.fac_user", "event_id"),
-            table_state("reporting.cohort_summary", "as_of_date, cohort_month, months_since_signup")] == before
+    assert [
+        table_state("staging.event", "date, source_key, line_number"),
+        table_state("dimensional.fac_user", "event_id"),
+        table_state("reporting.cohort_summary", "as_of_date, cohort_month, months_since_signup"),
+    ] == before
 
 
 def ndjson_gz(records) -> bytes:
@@ -114,13 +125,19 @@ def test_daily_gzip_layout_over_s3(database_url, s3_bucket, monkeypatch, setting
     client, bucket = s3_bucket
     days = {
         # Everything in a day's objects is that day's partition, whatever the timestamp says.
-        "2024-01-30": [{"id": "a1", "event_type": "user_created", "user_id": "u1", "received_at": "2024-01-30T10:00:00Z"},
-                       {"id": "a2", "event_type": "user_created", "user_id": "u2", "received_at": "2024-01-31T23:30:00-02:00"}],
-        "2024-01-31": [{"id": "a3", "event_type": "user_deleted", "user_id": "u1", "received_at": "2024-02-01T00:00:00+01:00"},
-                       {"id": "a2", "event_type": "user_created", "user_id": "u2", "received_at": "2024-02-01T01:30:00Z"}],
-        "2024-02-01": [{"id": "a4", "event_type": "user_created", "user_id": "u1", "received_at": "2024-02-01T08:00:00Z"},
-                       {"id": "a5", "event_type": "user_created", "user_id": "u3", "received_at": "2024-02-02T08:00:00Z"},
-                       {"id": "a6", "event_type": "page_viewed", "user_id": "u3", "received_at": "2024-02-01T09:00:00Z"}],
+        "2024-01-30": [
+            {"id": "a1", "event_type": "user_created", "user_id": "u1", "received_at": "2024-01-30T10:00:00Z"},
+            {"id": "a2", "event_type": "user_created", "user_id": "u2", "received_at": "2024-01-31T23:30:00-02:00"},
+        ],
+        "2024-01-31": [
+            {"id": "a3", "event_type": "user_deleted", "user_id": "u1", "received_at": "2024-02-01T00:00:00+01:00"},
+            {"id": "a2", "event_type": "user_created", "user_id": "u2", "received_at": "2024-02-01T01:30:00Z"},
+        ],
+        "2024-02-01": [
+            {"id": "a4", "event_type": "user_created", "user_id": "u1", "received_at": "2024-02-01T08:00:00Z"},
+            {"id": "a5", "event_type": "user_created", "user_id": "u3", "received_at": "2024-02-02T08:00:00Z"},
+            {"id": "a6", "event_type": "page_viewed", "user_id": "u3", "received_at": "2024-02-01T09:00:00Z"},
+        ],
     }
     files = []
     for day, records in days.items():
@@ -150,8 +167,10 @@ def test_corrected_partition_is_corrected_in_every_layer(database_url, tmp_path,
     date = datetime.date(2024, 3, 5)
     run_etl(date)
     # The source of 2024-02-14 is corrected: e6 was a different user and e4's day had no event.
-    corrected = WORKED_EXAMPLE.replace('"user_id":"u4","organization_id":"o2","username":"dee"',
-                                       '"user_id":"u7","organization_id":"o1","username":"gus"')
+    corrected = WORKED_EXAMPLE.replace(
+        '"user_id":"u4","organization_id":"o2","username":"dee"',
+        '"user_id":"u7","organization_id":"o1","username":"gus"',
+    )
     (source / "events_sample.json").write_text(corrected)
     for day in (datetime.date(2024, 2, 14),):
         overwrite.invalidate(day)
@@ -169,7 +188,7 @@ def test_a_failing_data_test_stops_the_run_before_the_report(database_url, tmp_p
     date = datetime.date(2024, 3, 5)
     assert luigi.build([LoadHistory(date=date)], local_scheduler=True, log_level="WARNING")
     # An event without user_id behind the loader's back: hist_user_event's not_null test must stop dbt.
-    with database.transaction() as conn, conn.cursor() as cur:
+    with db.transaction() as conn, conn.cursor() as cur:
         cur.execute("""
             insert into staging.event
             select date, source_key, 99, 'bad', received_at, json_content - 'user_id', load_id
@@ -178,5 +197,5 @@ def test_a_failing_data_test_stops_the_run_before_the_report(database_url, tmp_p
     result = luigi.build([RunEtl(date=date)], local_scheduler=True, detailed_summary=True, log_level="WARNING")
     assert result.status == luigi.LuigiStatusCode.FAILED
     assert not report_path(date).exists()
-    assert database.marked_dates("dbt.build", [date]) == set()
-    assert "FAIL" in (database.config.data_dir() / "logs" / f"dbt_build_{date}.log").read_text()
+    assert completion.BUILDS.done([date]) == set()
+    assert "FAIL" in (config.data_dir() / "logs" / f"dbt_build_{date}_{date}.log").read_text()

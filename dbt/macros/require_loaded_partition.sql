@@ -1,15 +1,15 @@
 {#-
-    Pre-hook: fail unless etl.marker says partition run_date of `target` is loaded. Guards the
-    organization snapshot: an unloaded (empty) list would invalidate every organization.
+    Pre-hook of the organization snapshot: fail unless partition snapshot_date of the organization
+    list is loaded (has a row in its partition ledger). An unloaded, empty list would look as if
+    every organization had left.
 -#}
-{% macro require_loaded_partition(target) %}
+{% macro require_loaded_partition(ledger) %}
     do $$
     begin
         if not exists (
-            select 1 from {{ source('etl', 'marker') }}
-            where target = '{{ target }}' and partition_date = '{{ run_date() }}'::date
+            select from {{ ledger }} where partition_date = '{{ snapshot_date() }}'::date
         ) then
-            raise exception '{{ this }}: partition {{ run_date() }} of {{ target }} is not loaded (no etl.marker row)';
+            raise exception '{{ this }}: partition {{ snapshot_date() }} is not loaded (no row in {{ ledger }})';
         end if;
     end
     $$

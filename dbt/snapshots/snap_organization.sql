@@ -6,17 +6,15 @@
         strategy='check',
         check_cols=['organization_name', 'organization_tier', 'created_at'],
         hard_deletes='invalidate',
-        pre_hook="{{ require_loaded_partition('staging.organization') }}",
+        pre_hook="{{ require_loaded_partition(source('staging', 'organization_partition')) }}",
     )
 }}
-
--- depends_on: {{ source('etl', 'marker') }}
 
 with
 
 staging_organization as (
     select * from {{ source('staging', 'organization') }}
-    where date = '{{ run_date() }}'::date
+    where date = '{{ snapshot_date() }}'::date
 ),
 
 -- the loader keeps keys unique; should a list repeat one, its first line wins

@@ -2,7 +2,10 @@
 select *
 from {{ ref('cohort_summary') }}
 where
-    cohort_size <= 0
-    or active_users < 0
-    or active_users > cohort_size
-    or retention_rate <> round(active_users::numeric / cohort_size, 4)
+    {{ report_dates_only() }}
+    and (
+        cohort_size <= 0
+        or active_users < 0
+        or active_users > cohort_size
+        or retention_rate <> round(active_users::numeric / cohort_size, 4)
+    )

@@ -4,6 +4,7 @@ with
 
 report as (
     select * from {{ ref('cohort_summary') }}
+    where {{ report_dates_only() }}
 ),
 
 cohort as (

@@ -4,5 +4,6 @@ select
     cohort_month,
     count(distinct cohort_size) as distinct_sizes
 from {{ ref('cohort_summary') }}
+where {{ report_dates_only() }}
 group by as_of_date, cohort_month
 having count(distinct cohort_size) <> 1

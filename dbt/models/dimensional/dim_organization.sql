@@ -14,7 +14,7 @@ effective_version as (
 
 final as (
     select
-        md5(organization_key || '|' || to_char(dbt_valid_from, 'YYYY-MM-DD"T"HH24:MI:SS'))
+        {{ surrogate_key(['organization_key', "to_char(dbt_valid_from, 'YYYY-MM-DD\"T\"HH24:MI:SS')"]) }}
             as organization_version_key,
         organization_key,
         organization_name,

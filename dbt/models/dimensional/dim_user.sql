@@ -1,51 +1,168 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key='user_key',
+        incremental_strategy='replace_keys',
+        on_schema_change='fail',
+        indexes=[
+            {'columns': ['user_id']},
+            {'columns': ['changed_at']},
+        ],
+        pre_hook="{{ clear_when_history_reworked() }}",
+        post_hook="{{ analyze_changed() }}",
+    )
+}}
+
+-- A build writes the versions its new lifecycle events open, and the version before them that they
+-- close (docs.md, block changed_users). A user whose new events all come after their current
+-- version continues the chain from it; a user with a new event that sorts before it (a late event)
+-- has the whole chain computed again, as has every user on a first build or after a rework. The
+-- replace_keys strategy (macros/history_changes.sql) replaces exactly the versions written.
+-- depends_on: {{ ref('hist_user_event_partition') }}
+
 with
 
-user_event as (
+user_event as not materialized (
     select * from {{ ref('hist_user_event') }}
 ),
 
-lifecycle_event as (
+-- not materialized: each use below reads only the rows it needs, through the indexes
+lifecycle_event as not materialized (
     select
-        *,
-        case event_type
-            when 'user_created' then 1
-            when 'user_updated' then 2
-            when 'user_deleted' then 3
-        end as event_rank,
+        user_id,
+        event_id,
+        event_type,
+        organization_key,
+        username,
+        user_email,
+        user_type,
+        {{ lifecycle_rank('event_type') }} as event_rank,
         -- which attributes the event sets: a creation sets all four (absent = null), an update only
         -- the fields present, a deletion none
-        event_type = 'user_created' or (event_type = 'user_updated' and has_organization_key)
-            as sets_organization_key,
+        event_type = 'user_created'
+        or (event_type = 'user_updated' and has_organization_key) as sets_organization_key,
         event_type = 'user_created' or (event_type = 'user_updated' and has_username) as sets_username,
         event_type = 'user_created' or (event_type = 'user_updated' and has_user_email) as sets_user_email,
         event_type = 'user_created' or (event_type = 'user_updated' and has_user_type) as sets_user_type,
         case event_type
             when 'user_created' then 'active'
             when 'user_deleted' then 'deleted'
-        end as status_set
+        end as status_set,
+        received_at,
+        partition_date,
+        changed_at
     from user_event
     where event_type in ('user_created', 'user_updated', 'user_deleted')
 ),
 
+{% if adds_to_this() %}
+
+new_event as (
+    select * from lifecycle_event
+    where changed_at > {{ last_written() }}
+),
+
+current_version as (
+    select * from {{ this }}
+    where is_current and user_id in (select new_event.user_id from new_event)
+),
+
+late_user as (
+    select distinct new_event.user_id
+    from new_event
+    inner join current_version
+        on new_event.user_id = current_version.user_id
+    where
+        (new_event.received_at, new_event.event_rank, new_event.event_id)
+        < (
+            current_version.valid_from,
+            {{ lifecycle_rank('current_version.opened_by_event_type') }},
+            current_version.opened_by_event_id
+        )
+),
+
+-- the current version stands for every event before the new ones: it sets all it holds
+continued_version as (
+    select
+        user_id,
+        opened_by_event_id as event_id,
+        opened_by_event_type as event_type,
+        organization_key,
+        username,
+        user_email,
+        user_type,
+        {{ lifecycle_rank('opened_by_event_type') }} as event_rank,
+        true as sets_organization_key,
+        true as sets_username,
+        true as sets_user_email,
+        true as sets_user_type,
+        status as status_set,
+        valid_from as received_at,
+        partition_date,
+        version_number
+    from current_version
+    where user_id not in (select late_user.user_id from late_user)
+),
+
+appended_event as (
+    select
+        new_event.*,
+        coalesce(continued_version.version_number, 0) + row_number() over (
+            partition by new_event.user_id order by new_event.received_at, new_event.event_rank, new_event.event_id
+        ) as version_number
+    from new_event
+    left join continued_version
+        on new_event.user_id = continued_version.user_id
+    where new_event.user_id not in (select late_user.user_id from late_user)
+),
+
+recomputed_event as (
+    select
+        *,
+        row_number() over (partition by user_id order by received_at, event_rank, event_id) as version_number
+    from lifecycle_event
+    where user_id in (select late_user.user_id from late_user)
+),
+
+ordered_version as (
+    select {{ version_columns() }} from continued_version
+    union all
+    select {{ version_columns() }} from appended_event
+    union all
+    select {{ version_columns() }} from recomputed_event
+),
+
+{% else %}
+
 ordered_version as (
     select
         *,
-        row_number() over (
-            partition by user_id order by received_at, event_rank, event_id
-        ) as version_number
+        row_number() over (partition by user_id order by received_at, event_rank, event_id) as version_number
     from lifecycle_event
 ),
 
--- "last non-absent value": a running count of setting events numbers the groups; each group starts
--- with the event that set the value, and every later version of the group inherits it
-grouped_version as (
+{% endif %}
+
+-- "last non-absent value" in one pass: each setting event writes its version number (zero-padded,
+-- so text order is version order) in front of its value ('=' value, or '~' for a null it sets);
+-- the running max over the versions so far is the latest setting event's, and every later version
+-- inherits it. One window, one sort, whatever the number of attributes.
+latest_setting as (
     select
-        *,
-        count(*) filter (where sets_organization_key) over user_history as organization_key_group,
-        count(*) filter (where sets_username) over user_history as username_group,
-        count(*) filter (where sets_user_email) over user_history as user_email_group,
-        count(*) filter (where sets_user_type) over user_history as user_type_group,
-        count(status_set) over user_history as status_group
+        user_id,
+        event_id,
+        event_type,
+        received_at,
+        partition_date,
+        version_number,
+        max(case when sets_organization_key then {{ versioned('organization_key') }} end) over user_history
+            as latest_organization_key,
+        max(case when sets_username then {{ versioned('username') }} end) over user_history as latest_username,
+        max(case when sets_user_email then {{ versioned('user_email') }} end) over user_history
+            as latest_user_email,
+        max(case when sets_user_type then {{ versioned('user_type') }} end) over user_history as latest_user_type,
+        max(case when status_set is not null then {{ versioned('status_set') }} end) over user_history
+            as latest_status
     from ordered_version
     window user_history as (partition by user_id order by version_number rows unbounded preceding)
 ),
@@ -54,24 +171,26 @@ filled_version as (
     select
         user_id,
         event_id,
+        event_type,
         received_at,
+        partition_date,
         version_number,
-        max(organization_key) filter (where sets_organization_key)
-            over (partition by user_id, organization_key_group) as organization_key,
-        max(username) filter (where sets_username) over (partition by user_id, username_group) as username,
-        max(user_email) filter (where sets_user_email)
-            over (partition by user_id, user_email_group) as user_email,
-        max(user_type) filter (where sets_user_type) over (partition by user_id, user_type_group) as user_type,
+        {{ unversioned('latest_organization_key') }} as organization_key,
+        {{ unversioned('latest_username') }} as username,
+        {{ unversioned('latest_user_email') }} as user_email,
+        {{ unversioned('latest_user_type') }} as user_type,
         -- before any creation or deletion (an update of an unknown user) the user counts as active
-        coalesce(max(status_set) over (partition by user_id, status_group), 'active') as status
-    from grouped_version
+        coalesce({{ unversioned('latest_status') }}, 'active') as status
+    from latest_setting
 ),
 
 final as (
     select
-        md5(user_id || '|' || event_id) as user_key,
+        {{ surrogate_key(['user_id', 'event_id']) }} as user_key,
         user_id,
         event_id as opened_by_event_id,
+        event_type as opened_by_event_type,
+        version_number,
         organization_key,
         username,
         user_email,
@@ -79,7 +198,9 @@ final as (
         status,
         lead(received_at) over user_versions is null as is_current,
         received_at as valid_from,
-        lead(received_at) over user_versions as valid_to
+        lead(received_at) over user_versions as valid_to,
+        partition_date,
+        {{ build_stamp() }} as changed_at
     from filled_version
     window user_versions as (partition by user_id order by version_number)
 )

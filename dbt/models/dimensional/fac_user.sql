@@ -1,62 +1,143 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key='event_id',
+        incremental_strategy='replace_keys',
+        on_schema_change='fail',
+        indexes=[
+            {'columns': ['user_id']},
+            {'columns': ['changed_at']},
+        ],
+        pre_hook="{{ clear_when_history_reworked() }}",
+        post_hook="{{ analyze_changed() }}",
+    )
+}}
+
+-- A lifecycle event is the version it opened, so its row comes from dim_user as it is; any other
+-- event type is linked to the version in effect at the event. A build looks at the versions
+-- dim_user wrote since this model's rows (docs.md, block changed_users), the other events written
+-- since, and the other events of every user whose versions changed (their version in effect may
+-- have changed), and writes the facts that are new or differ; replace_keys replaces exactly those.
+-- depends_on: {{ ref('hist_user_event_partition') }}
+
 with
 
-user_event as (
-    select * from {{ ref('hist_user_event') }}
-),
-
-user_version as (
+-- not materialized: each use below reads only the rows it needs, through the indexes
+user_version as not materialized (
     select * from {{ ref('dim_user') }}
 ),
 
--- a lifecycle event belongs to the version it opened
-opened_version as (
-    select
-        user_event.event_id,
-        user_version.user_key,
-        user_version.organization_key
-    from user_event
-    inner join user_version
-        on user_event.event_id = user_version.opened_by_event_id
+other_event as not materialized (
+    select * from {{ ref('hist_user_event') }}
+    where event_type not in ('user_created', 'user_updated', 'user_deleted')
 ),
 
--- any other event type belongs to the version in effect at the event, if there is one
-effective_version as (
+{% if adds_to_this() %}
+
+changed_version as (
+    select * from user_version
+    where changed_at > {{ last_written() }}
+),
+
+-- two lookups, each through its index (an "or" of the two would read the whole history)
+relinked_event as (
+    select * from other_event
+    where changed_at > {{ last_written() }}
+    union
+    select * from other_event
+    where user_id in (select changed_version.user_id from changed_version)
+),
+
+{% else %}
+
+changed_version as (
+    select * from user_version
+),
+
+relinked_event as (
+    select * from other_event
+),
+
+{% endif %}
+
+lifecycle_fact as (
     select
-        user_event.event_id,
+        opened_by_event_id as event_id,
+        user_id,
+        user_key,
+        organization_key,
+        opened_by_event_type as event_type,
+        valid_from as event_at,
+        partition_date
+    from changed_version
+),
+
+other_fact as (
+    select
+        relinked_event.event_id,
+        relinked_event.user_id,
         user_version.user_key,
-        user_version.organization_key
-    from user_event
-    inner join user_version
+        -- the user's organization in the version in effect; the event's own without a version
+        case
+            when user_version.user_key is not null then user_version.organization_key
+            else relinked_event.organization_key
+        end as organization_key,
+        relinked_event.event_type,
+        relinked_event.received_at as event_at,
+        relinked_event.partition_date
+    from relinked_event
+    left join user_version
         on
-            user_event.user_id = user_version.user_id
-            and user_event.received_at >= user_version.valid_from
-            and (user_version.valid_to is null or user_event.received_at < user_version.valid_to)
-    where user_event.event_type not in ('user_created', 'user_updated', 'user_deleted')
+            relinked_event.user_id = user_version.user_id
+            and relinked_event.received_at >= user_version.valid_from
+            and (user_version.valid_to is null or relinked_event.received_at < user_version.valid_to)
 ),
 
-event_version as (
-    select * from opened_version
+candidate_fact as (
+    select * from lifecycle_fact
     union all
-    select * from effective_version
+    select * from other_fact
 ),
+
+{% if adds_to_this() %}
+
+-- of the facts looked at, only those that are new or differ from the row they replace
+written_fact as (
+    select candidate_fact.*
+    from candidate_fact
+    left join {{ this }} as stored_fact
+        on
+            candidate_fact.user_id = stored_fact.user_id
+            and candidate_fact.event_id = stored_fact.event_id
+    where
+        stored_fact.event_id is null
+        or (
+            candidate_fact.user_key, candidate_fact.organization_key, candidate_fact.event_type, candidate_fact.event_at
+        )
+        is distinct from
+        (stored_fact.user_key, stored_fact.organization_key, stored_fact.event_type, stored_fact.event_at)
+),
+
+{% else %}
+
+written_fact as (
+    select * from candidate_fact
+),
+
+{% endif %}
 
 final as (
     select
-        user_event.event_id,
-        user_event.user_id,
-        event_version.user_key,
-        -- the user's organization in the linked version; the event's own without a version
-        case
-            when event_version.user_key is not null then event_version.organization_key
-            else user_event.organization_key
-        end as organization_key,
-        user_event.event_type,
-        user_event.received_at as event_at,
-        (user_event.received_at at time zone 'UTC')::date as event_date,
-        user_event.partition_date
-    from user_event
-    left join event_version
-        on user_event.event_id = event_version.event_id
+        event_id,
+        user_id,
+        user_key,
+        organization_key,
+        event_type,
+        event_at,
+        (event_at at time zone 'UTC')::date as event_date,
+        partition_date,
+        {{ build_stamp() }} as changed_at
+    from written_fact
 )
 
 select * from final

@@ -1,21 +1,23 @@
 {{
     config(
         materialized='incremental',
-        incremental_strategy='hist_replace_affected',
+        incremental_strategy='first_delivery',
         unique_key='event_id',
         full_refresh=false,
         on_schema_change='fail',
         indexes=[
             {'columns': ['event_id'], 'unique': true},
             {'columns': ['partition_date']},
+            {'columns': ['user_id']},
+            {'columns': ['changed_at']},
         ],
-        pre_hook="{{ hist_user_event_begin() }}",
-        post_hook="{{ hist_user_event_end() }}",
+        post_hook=["{{ hist_user_event_mark_processed() }}", "{{ analyze_changed() }}"],
     )
 }}
 
--- depends_on: {{ source('etl', 'marker') }}
--- (read by the pre-hook, see macros/hist_user_event_partitions.sql and docs.md hist_incremental)
+-- One row per distinct event id, its first delivery. Incremental over partitions: see docs.md,
+-- block hist_incremental, and macros/history_changes.sql for the strategy.
+-- depends_on: {{ ref('hist_user_event_partition') }}
 
 with
 
@@ -25,29 +27,37 @@ staging_event as not materialized (
 
 {% if is_incremental() %}
 
-current_history as (
-    select * from {{ this }}
+partition_log as (
+    select * from {{ ref('hist_user_event_partition') }}
 ),
 
--- the same definition the incremental strategy deletes by (macros/hist_user_event_partitions.sql)
 changed_partition as (
-    {{ hist_user_event_changed_partitions() }}
+    select partition_log.partition_date
+    from partition_log
+    where (partition_log.load_id is distinct from partition_log.processed_load_id)
 ),
 
-affected_event as (
-    select staging_event.event_id
-    from staging_event
-    where staging_event.date in (select changed_partition.partition_date from changed_partition)
-    union
-    select current_history.event_id
-    from current_history
-    where current_history.partition_date in (select changed_partition.partition_date from changed_partition)
+-- events whose winning delivery came from a changed partition (a reload): their first delivery is
+-- recomputed from every delivery in staging
+reworked_event as (
+    select history.event_id
+    from {{ this }} as history
+    where history.partition_date in (select changed_partition.partition_date from changed_partition)
 ),
 
 delivery as (
-    select *
+    select staging_event.*
     from staging_event
-    where event_id in (select affected_event.event_id from affected_event)
+    where staging_event.date in (select changed_partition.partition_date from changed_partition)
+    union all
+    select staging_event.*
+    from staging_event
+    inner join reworked_event
+        on staging_event.event_id = reworked_event.event_id
+    where
+        staging_event.date not in (select changed_partition.partition_date from changed_partition)
+        -- evaluated once: without reworked events, staging is not read at all
+        and exists (select from reworked_event as any_reworked_event)  -- noqa: AL05
 ),
 
 {% else %}
@@ -81,7 +91,8 @@ final as (
         date as partition_date,
         source_key,
         line_number,
-        load_id
+        load_id,
+        {{ build_stamp() }} as changed_at
     from first_delivery
 )
 

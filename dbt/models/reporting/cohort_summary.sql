@@ -3,136 +3,145 @@
         incremental_strategy='append',
         full_refresh=false,
         on_schema_change='fail',
-        pre_hook="{{ cohort_summary_clear_run_date() }}",
+        pre_hook="{{ cohort_summary_clear_run_dates() }}",
     )
 }}
 
+-- The cohort report (data contract, section 6) of every date in var run_dates, from the users'
+-- active intervals. Rules restated next to the SQL: docs.md, block cohort_rules.
+
 with
 
-user_event as (
-    select * from {{ ref('hist_user_event') }}
+active_interval as (
+    select * from {{ ref('user_active_interval') }}
 ),
 
-report_window as (
+report_date as (
     select
-        '{{ run_date() }}'::date as as_of_date,
-        -- T: D + 1 day at 00:00 UTC
-        ('{{ run_date() }}'::date + 1)::timestamp at time zone 'UTC' as report_end_at
+        run_date.as_of_date,
+        extract(year from run_date.as_of_date)::int * 12 + extract(month from run_date.as_of_date)::int
+            as as_of_month
+    from unnest({{ run_dates_array() }}) as run_date (as_of_date)
 ),
 
--- the events the report sees: partitions up to D, received before T (hist holds each id once,
--- as its first delivery, so an id with a delivery up to D is filtered on that delivery)
-lifecycle_event as (
+-- intervals that start and end on the same days count alike: the report needs only how many
+interval_group as (
     select
-        user_event.user_id,
-        user_event.event_type,
-        user_event.received_at
-    from user_event
-    cross join report_window
-    where
-        user_event.partition_date <= report_window.as_of_date
-        and user_event.received_at < report_window.report_end_at
-        and user_event.event_type in ('user_created', 'user_deleted')
+        epoch_from,
+        epoch_to,
+        (signup_at at time zone 'UTC')::date as signup_date,
+        (active_from at time zone 'UTC')::date as start_date,
+        (active_to at time zone 'UTC')::date as end_date,
+        active_from = signup_at as is_signup,
+        count(*) as interval_count
+    from active_interval
+    group by epoch_from, epoch_to, signup_date, start_date, end_date, is_signup
 ),
 
-signup as (
+-- what the report of each date sees, T = D + 1 day at 00:00 UTC: the intervals of the users'
+-- epoch at D that start before T (start_date <= D); months counted from year 0
+dated_interval as (
     select
-        user_id,
-        min(received_at) as signup_at
-    from lifecycle_event
-    where event_type = 'user_created'
-    group by user_id
-),
-
-cohort_user as (
-    select
-        user_id,
-        to_char(signup_at at time zone 'UTC', 'YYYY-MM') as cohort_month,
-        date_trunc('month', signup_at at time zone 'UTC') as cohort_start_at_utc
-    from signup
+        report_date.as_of_date,
+        report_date.as_of_month,
+        extract(year from interval_group.signup_date)::int * 12 + extract(month from interval_group.signup_date)::int
+            as cohort_month_index,
+        extract(year from interval_group.start_date)::int * 12 + extract(month from interval_group.start_date)::int
+            as start_month_index,
+        extract(year from interval_group.end_date)::int * 12 + extract(month from interval_group.end_date)::int
+            as end_month_index,
+        interval_group.end_date,
+        interval_group.signup_date,
+        interval_group.is_signup,
+        interval_group.interval_count
+    from interval_group
+    inner join report_date
+        on
+            interval_group.epoch_from <= report_date.as_of_date
+            and interval_group.epoch_to > report_date.as_of_date
+            and interval_group.start_date <= report_date.as_of_date
 ),
 
 cohort as (
     select
-        cohort_month,
-        cohort_start_at_utc,
-        count(*) as cohort_size
-    from cohort_user
-    group by cohort_month, cohort_start_at_utc
+        as_of_date,
+        as_of_month,
+        cohort_month_index,
+        sum(interval_count) filter (where is_signup) as cohort_size
+    from dated_interval
+    group by as_of_date, as_of_month, cohort_month_index
 ),
 
--- one row per k = 0 .. months from the cohort month to D's month, measured at the start of month
--- (cohort month + k + 1) or at T if that is earlier
-cohort_period as (
+-- an interval (active_from, active_to] covers the start of month m when
+-- start month < m <= end month; k = m - cohort month - 1 runs over the months before D's month
+covered_month as (
     select
-        cohort.cohort_month,
-        cohort.cohort_size,
+        dated_interval.as_of_date,
+        dated_interval.cohort_month_index,
         months.months_since_signup,
-        least(
-            (cohort.cohort_start_at_utc + (months.months_since_signup + 1) * interval '1 month')
-            at time zone 'UTC',
-            report_window.report_end_at
-        ) as measured_at
-    from cohort
-    cross join report_window
-    cross join lateral generate_series(
-        0,
-        (
-            (extract(year from report_window.as_of_date) - extract(year from cohort.cohort_start_at_utc)) * 12
-            + extract(month from report_window.as_of_date) - extract(month from cohort.cohort_start_at_utc)
-        )::int
-    ) as months (months_since_signup)
+        dated_interval.interval_count
+    from dated_interval
+    cross join
+        lateral generate_series(
+            dated_interval.start_month_index - dated_interval.cohort_month_index,
+            least(
+                coalesce(dated_interval.end_month_index, dated_interval.as_of_month) - 1,
+                dated_interval.as_of_month - 1
+            ) - dated_interval.cohort_month_index
+        ) as months (months_since_signup)
+    union all
+    -- the last row, D's month, is measured at T: active when the interval ends at or after T
+    select
+        as_of_date,
+        cohort_month_index,
+        as_of_month - cohort_month_index as months_since_signup,
+        interval_count
+    from dated_interval
+    where end_date is null or end_date > as_of_date
 ),
 
--- a user is active at t when the latest creation/deletion received strictly before t is a
--- creation; at equal received_at the deletion counts as the later one
-user_period_state as (
+month_activity as (
     select
-        cohort_period.cohort_month,
-        cohort_period.months_since_signup,
-        cohort_user.user_id,
-        max(lifecycle_event.received_at) filter (where lifecycle_event.event_type = 'user_created')
-            as last_created_at,
-        max(lifecycle_event.received_at) filter (where lifecycle_event.event_type = 'user_deleted')
-            as last_deleted_at
-    from cohort_period
-    inner join cohort_user
-        on cohort_period.cohort_month = cohort_user.cohort_month
-    left join lifecycle_event
-        on
-            cohort_user.user_id = lifecycle_event.user_id
-            and cohort_period.measured_at > lifecycle_event.received_at
-    group by cohort_period.cohort_month, cohort_period.months_since_signup, cohort_user.user_id
-),
-
-period_activity as (
-    select
-        cohort_month,
+        as_of_date,
+        cohort_month_index,
         months_since_signup,
-        count(*) filter (
-            where last_created_at is not null
-            and (last_deleted_at is null or last_created_at > last_deleted_at)
-        ) as active_users
-    from user_period_state
-    group by cohort_month, months_since_signup
+        sum(interval_count) as active_users
+    from covered_month
+    group by as_of_date, cohort_month_index, months_since_signup
+),
+
+cohort_month as (
+    select
+        cohort.as_of_date,
+        cohort.cohort_month_index,
+        cohort.cohort_size,
+        months.months_since_signup
+    from cohort
+    cross join
+        lateral generate_series(0, cohort.as_of_month - cohort.cohort_month_index) as months (months_since_signup)
+    where cohort.cohort_size > 0
 ),
 
 final as (
     select
-        report_window.as_of_date,
-        cohort_period.cohort_month,
-        cohort_period.months_since_signup::int as months_since_signup,
-        cohort_period.cohort_size::int as cohort_size,
-        period_activity.active_users::int as active_users,
+        cohort_month.as_of_date,
+        to_char(
+            make_date((cohort_month.cohort_month_index - 1) / 12, (cohort_month.cohort_month_index - 1) % 12 + 1, 1),
+            'YYYY-MM'
+        )
+            as cohort_month,
+        cohort_month.months_since_signup::int as months_since_signup,
+        cohort_month.cohort_size::int as cohort_size,
+        coalesce(month_activity.active_users, 0)::int as active_users,
         -- numeric round() rounds half away from zero, i.e. half up for these non-negative ratios
-        round(period_activity.active_users::numeric / cohort_period.cohort_size, 4)::numeric(6, 4)
+        round(coalesce(month_activity.active_users, 0)::numeric / cohort_month.cohort_size, 4)::numeric(6, 4)
             as retention_rate
-    from cohort_period
-    cross join report_window
-    inner join period_activity
+    from cohort_month
+    left join month_activity
         on
-            cohort_period.cohort_month = period_activity.cohort_month
-            and cohort_period.months_since_signup = period_activity.months_since_signup
+            cohort_month.as_of_date = month_activity.as_of_date
+            and cohort_month.cohort_month_index = month_activity.cohort_month_index
+            and cohort_month.months_since_signup = month_activity.months_since_signup
 )
 
 select * from final

@@ -2,11 +2,11 @@
 
 Reads nothing. Writes UTF-8 NDJSON in the layouts of the data contract (section 2):
 
-- `python -m tasks.generate sample [--out data]` writes `events_sample.json` and `orgs_sample.json`,
+- `python -m tools.generate sample [--out data]` writes `events_sample.json` and `orgs_sample.json`,
   byte-identical on every run: 2024-01-01 to 2024-04-30, every case of sections 3 and 4 the
   pipeline must handle (partial updates, re-created users, duplicates, late redeliveries, mixed
   offsets, unknown types and organizations, and about 0.4% rejected lines).
-- `python -m tasks.generate bench --out DIR --start D --end D --events-per-day N
+- `python -m tools.generate bench --out DIR --start D --end D --events-per-day N
   [--layout one-file|daily] [--gzip] [--seed S] [--part-lines L] [--orgs K]` writes
   `DIR/events.json[.gz]` or `DIR/events/date=D/part-NNNN.json[.gz]`, plus `DIR/orgs.json`; every
   line is valid. It streams, so tens of millions of events need no more memory than ten.
@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 
 # --- the sample's shape ---------------------------------------------------------------------------
 
@@ -105,14 +105,63 @@ UNKNOWN_ORG_SHARE = 0.04
 NO_ORG_SHARE = 0.04
 
 FIRST_NAMES = (
-    "ana", "ben", "chloé", "dmitri", "emma", "farid", "greta", "hiro", "ines", "jonas", "kofi",
-    "lena", "mateo", "nadia", "oliver", "priya", "quentin", "rosa", "søren", "tariq", "uma",
-    "viktor", "wen", "xavier", "yara", "zoë", "łukasz", "renée", "björn", "amélie",
+    "ana",
+    "ben",
+    "chloé",
+    "dmitri",
+    "emma",
+    "farid",
+    "greta",
+    "hiro",
+    "ines",
+    "jonas",
+    "kofi",
+    "lena",
+    "mateo",
+    "nadia",
+    "oliver",
+    "priya",
+    "quentin",
+    "rosa",
+    "søren",
+    "tariq",
+    "uma",
+    "viktor",
+    "wen",
+    "xavier",
+    "yara",
+    "zoë",
+    "łukasz",
+    "renée",
+    "björn",
+    "amélie",
 )
 LAST_NAMES = (
-    "almeida", "brown", "chen", "dubois", "eriksen", "fischer", "garcia", "hughes", "ivanova",
-    "jansen", "kowalski", "lopez", "müller", "nakamura", "okafor", "petrov", "quinn", "rossi",
-    "schmidt", "tanaka", "urban", "vargas", "weber", "yilmaz", "zhang",
+    "almeida",
+    "brown",
+    "chen",
+    "dubois",
+    "eriksen",
+    "fischer",
+    "garcia",
+    "hughes",
+    "ivanova",
+    "jansen",
+    "kowalski",
+    "lopez",
+    "müller",
+    "nakamura",
+    "okafor",
+    "petrov",
+    "quinn",
+    "rossi",
+    "schmidt",
+    "tanaka",
+    "urban",
+    "vargas",
+    "weber",
+    "yilmaz",
+    "zhang",
 )
 USER_TYPES = ("member", "member", "member", "admin", "viewer")
 PROFILE_FIELDS = ("organization_id", "username", "user_email", "user_type")
@@ -184,9 +233,11 @@ def open_output(path: Path, compress: bool = False):
         if compress:
             # mtime=0 and no file name in the header: same input, same gzip bytes. Level 6 (gzip's
             # own default) is several times faster than 9 for a few percent more bytes.
-            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as gz:
-                with io.BufferedWriter(gz, buffer_size=1 << 20) as out:
-                    yield out
+            with (
+                gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as gz,
+                io.BufferedWriter(gz, buffer_size=1 << 20) as out,
+            ):
+                yield out
         else:
             yield raw
     os.replace(tmp, path)
@@ -360,8 +411,13 @@ def late_redeliveries(rng, events) -> list:
 def bad_line(rng, kind: str, at: datetime.datetime, user_id: str) -> bytes:
     """A line the contract rejects, made from a plausible user_updated."""
     # The é in the username is what the Latin-1 line turns into an invalid UTF-8 byte.
-    fields = {"id": event_id(rng), "event_type": "user_updated", "user_id": user_id,
-              "username": "renée.dubois7", "received_at": format_received_at(at, "Z")}
+    fields = {
+        "id": event_id(rng),
+        "event_type": "user_updated",
+        "user_id": user_id,
+        "username": "renée.dubois7",
+        "received_at": format_received_at(at, "Z"),
+    }
     compact = {"separators": (",", ":")}
     if kind == "not_json":
         # Cut off inside received_at, like a write interrupted mid-line.
@@ -409,7 +465,7 @@ def roughly_time_ordered(rng, lines) -> list:
         if rng.random() < STRAGGLER_SHARE:
             key += rng.uniform(3600, 3 * 86400)
         keys.append(key)
-    return [line for _, line in sorted(zip(keys, lines), key=lambda pair: pair[0])]
+    return [line for _, line in sorted(zip(keys, lines, strict=True), key=lambda pair: pair[0])]
 
 
 def with_duplicates(rng, lines) -> list:
@@ -486,8 +542,12 @@ class BenchUsers:
 
 def bench_orgs(rng, count: int):
     for i in range(count):
-        yield {"organization_key": f"org_{i:05d}", "organization_name": f"Organization {i}",
-               "organization_tier": rng.choice(("free", "pro", "enterprise")), "created_at": "2020-01-01T00:00:00Z"}
+        yield {
+            "organization_key": f"org_{i:05d}",
+            "organization_name": f"Organization {i}",
+            "organization_tier": rng.choice(("free", "pro", "enterprise")),
+            "created_at": "2020-01-01T00:00:00Z",
+        }
 
 
 def bench_day(rng, day: datetime.date, count: int, users: BenchUsers, org_count: int):
@@ -525,8 +585,17 @@ def days_between(start: datetime.date, end: datetime.date):
         day += datetime.timedelta(days=1)
 
 
-def write_bench(out: Path, start, end, events_per_day, layout="one-file", compress=False, seed=1,
-                part_lines=BENCH_PART_LINES, org_count=BENCH_ORGS) -> dict:
+def write_bench(
+    out: Path,
+    start,
+    end,
+    events_per_day,
+    layout="one-file",
+    compress=False,
+    seed=1,
+    part_lines=BENCH_PART_LINES,
+    org_count=BENCH_ORGS,
+) -> dict:
     rng = random.Random(seed)
     suffix = ".json.gz" if compress else ".json"
     users = BenchUsers()
@@ -541,8 +610,7 @@ def write_bench(out: Path, start, end, events_per_day, layout="one-file", compre
         lines = bench_day(rng, day, events_per_day, users, org_count)
         for part in range(math.ceil(events_per_day / part_lines)):
             path = out / "events" / f"date={day.isoformat()}" / f"part-{part:04d}{suffix}"
-            counts[str(path.relative_to(out))] = write_lines(
-                path, itertools.islice(lines, part_lines), compress)
+            counts[str(path.relative_to(out))] = write_lines(path, itertools.islice(lines, part_lines), compress)
     return counts
 
 
@@ -550,7 +618,7 @@ def write_bench(out: Path, start, end, events_per_day, layout="one-file", compre
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m tasks.generate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.generate", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     sample = commands.add_parser("sample", help="write the bundled sample (byte-identical every run)")
     sample.add_argument("--out", type=Path, default=Path("data"), help="folder to write into (default: data)")
@@ -560,8 +628,12 @@ def main(argv=None):
     bench.add_argument("--start", type=day, required=True, help="first day, YYYY-MM-DD")
     bench.add_argument("--end", type=day, required=True, help="last day, YYYY-MM-DD")
     bench.add_argument("--events-per-day", type=int, required=True, help="lines per day")
-    bench.add_argument("--layout", choices=("one-file", "daily"), default="one-file",
-                       help="events.json holding all days, or events/date=D/part-NNNN.json")
+    bench.add_argument(
+        "--layout",
+        choices=("one-file", "daily"),
+        default="one-file",
+        help="events.json holding all days, or events/date=D/part-NNNN.json",
+    )
     bench.add_argument("--gzip", action="store_true", help="write the events gzip-compressed")
     bench.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
     bench.add_argument("--part-lines", type=int, default=BENCH_PART_LINES, help="at most this many lines per part")
@@ -573,8 +645,17 @@ def main(argv=None):
     else:
         if args.end < args.start or args.events_per_day < 1 or args.part_lines < 1 or args.orgs < 1:
             parser.error("need --start <= --end and positive --events-per-day, --part-lines, --orgs")
-        counts = write_bench(args.out, args.start, args.end, args.events_per_day, args.layout, args.gzip,
-                             args.seed, args.part_lines, args.orgs)
+        counts = write_bench(
+            args.out,
+            args.start,
+            args.end,
+            args.events_per_day,
+            args.layout,
+            args.gzip,
+            args.seed,
+            args.part_lines,
+            args.orgs,
+        )
     for name, count in list(counts.items())[:10]:
         print(f"{args.out / name}: {count} lines")
     print(f"{len(counts)} files, {sum(counts.values())} lines")

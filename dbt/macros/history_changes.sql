@@ -1,0 +1,165 @@
+{#-
+    How the history is kept incremental, and how the layers after it learn what changed. The rules
+    are in docs.md, blocks hist_incremental and changed_users.
+-#}
+
+{#-
+    The stamp of this build, as a SQL literal: every row a build writes carries it as changed_at, and
+    later builds find what changed by comparing with it. The pipeline passes the database server's
+    clock (var build_stamp, taken under the build lock), so that builds run on different machines
+    stay in order whatever their own clocks say; by hand, dbt's own start time.
+-#}
+{% macro build_stamp() -%}
+    '{{ var("build_stamp", run_started_at) }}'::timestamptz
+{%- endmacro %}
+
+
+{#- Partitions whose current load the history does not reflect yet (new, reloaded or removed). -#}
+{% macro changed_event_partitions() -%}
+    select partition_date
+    from {{ ref('hist_user_event_partition') }}
+    where load_id is distinct from processed_load_id
+{%- endmacro %}
+
+
+{#- Post-hook of hist_user_event, in the same transaction as its rows: the loads are processed. -#}
+{% macro hist_user_event_mark_processed() %}
+    update {{ ref('hist_user_event_partition') }}
+    set processed_load_id = load_id, processed_at = {{ build_stamp() }}
+    where load_id is distinct from processed_load_id
+{% endmacro %}
+
+
+{#-
+    Incremental strategy of hist_user_event. Rows whose winning delivery came from a changed
+    partition are recomputed (the model's rows hold them, unless their id left staging); every
+    new row then enters, or replaces an existing row of its id only when it is an earlier delivery.
+    Both statements touch only the changed partitions' ids, through the indexes on partition_date
+    and event_id, never the whole history.
+-#}
+{% macro get_incremental_first_delivery_sql(arg_dict) %}
+    {%- set target = arg_dict['target_relation'] -%}
+    {%- set columns = arg_dict['dest_columns'] | map(attribute='name') | list -%}
+    -- = any(array(…)): the changed partitions are found once, then looked up in the index
+    delete from {{ target }}
+    where partition_date = any(array({{ changed_event_partitions() }}));
+
+    insert into {{ target }} as history ({{ columns | join(', ') }})
+    select {{ columns | join(', ') }}
+    from {{ arg_dict['temp_relation'] }}
+    on conflict (event_id) do update set
+        {%- for column in columns if column != 'event_id' %}
+        {{ column }} = excluded.{{ column }}{{ "," if not loop.last }}
+        {%- endfor %}
+    where (excluded.partition_date, excluded.source_key, excluded.line_number)
+        < (history.partition_date, history.source_key, history.line_number);
+{% endmacro %}
+
+
+{#- When this model's rows were last written (its latest changed_at), as a SQL literal. -#}
+{% macro last_written() -%}
+    {%- set result = run_query("select coalesce(max(changed_at), '-infinity')::text from " ~ this) -%}
+    {{ return("'" ~ result.columns[0].values()[0] ~ "'::timestamptz") }}
+{%- endmacro %}
+
+
+{#-
+    Whether the history was reworked (a partition reloaded, removed, or loaded before one already
+    processed) since this model's rows were last written: then rows of users the history no longer
+    names could be stale, so the model is rebuilt whole.
+-#}
+{% macro history_reworked() -%}
+    {%- if not execute or not is_incremental() -%}
+        {{ return(false) }}
+    {%- endif -%}
+    {%- set query -%}
+        select exists (
+            select from {{ ref('hist_user_event_partition') }}
+            where is_rework and processed_at > {{ last_written() }}
+        )
+    {%- endset -%}
+    {{ return(run_query(query).columns[0].values()[0]) }}
+{%- endmacro %}
+
+
+{#- Pre-hook: empty the model before it is rebuilt whole (see history_reworked). -#}
+{% macro clear_when_history_reworked() %}
+    {%- if history_reworked() -%}
+        delete from {{ this }}
+    {%- endif -%}
+{% endmacro %}
+
+
+{#-
+    Whether this build adds to the model's rows (an incremental build, the history not reworked since
+    the model's rows were last written), rather than computing them all.
+-#}
+{% macro adds_to_this() -%}
+    {{ return(execute and is_incremental() and not history_reworked()) }}
+{%- endmacro %}
+
+
+{#-
+    A condition on `column` (a user_id) selecting the users whose rows a model must recompute:
+    those with history rows changed since the model's rows were last written; every user (true)
+    on a first build or after a rework. The time is a literal, so the planner sees how few rows it
+    selects and uses the index on changed_at.
+-#}
+{% macro changed_user(column) -%}
+    {%- if adds_to_this() -%}
+        {{ column }} in (
+            select changed.user_id from {{ ref('hist_user_event') }} as changed
+            where changed.changed_at > {{ last_written() }}
+        )
+    {%- else -%}
+        true
+    {%- endif -%}
+{%- endmacro %}
+
+
+{#-
+    Post-hook of the models a build changes in place: fresh statistics for the next model of the
+    same build. Autovacuum analyzes them only later, and a planner that still believes a table holds
+    yesterday's rows can pick a nested loop over today's (seen: a join of 5 s took 60).
+-#}
+{% macro analyze_changed() %}
+    analyze {{ this }}
+{% endmacro %}
+
+
+{#- The order of lifecycle events at the same instant: created, then updated, then deleted. -#}
+{% macro lifecycle_rank(event_type) -%}
+    case {{ event_type }}
+        when 'user_created' then 1
+        when 'user_updated' then 2
+        when 'user_deleted' then 3
+    end
+{%- endmacro %}
+
+
+{#-
+    Incremental strategy `replace_keys` of the models after the history: the rows of every key the
+    build wrote are replaced by the new ones. The rows are found through the index on user_id (every
+    such model has one; a key belongs to one user), not through an index on the key: keys such as
+    user_key are hashes, and an index on random keys costs a random page per row written. The new
+    rows are analysed first (autovacuum never analyses a temporary table), so the planner sees how
+    few users they name.
+-#}
+{% macro get_incremental_replace_keys_sql(arg_dict) %}
+    {%- set target = arg_dict['target_relation'] -%}
+    {%- set temp = arg_dict['temp_relation'] -%}
+    {%- set key = arg_dict['unique_key'] -%}
+    {%- set columns = arg_dict['dest_columns'] | map(attribute='name') | join(', ') -%}
+    {%- set match = ['user_id', key] | unique | list -%}
+    analyze {{ temp }};
+
+    delete from {{ target }} as stored_row
+    using (select distinct {{ match | join(', ') }} from {{ temp }}) as written
+    where
+        {%- for column in match %}
+        stored_row.{{ column }} = written.{{ column }}{{ " and" if not loop.last }}
+        {%- endfor %};
+
+    insert into {{ target }} ({{ columns }})
+    select {{ columns }} from {{ temp }};
+{% endmacro %}

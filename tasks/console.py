@@ -1,0 +1,143 @@
+"""What a run tells the terminal: a line per stage as it goes, one line per failure, then a summary.
+
+Reads the tasks' outcomes (Luigi events, in whichever local process runs the task) and, for the
+summary, the records of the run's dates in PostgreSQL (ledgers, builds, reports), so tasks run by
+other workers count too. Writes to stdout only; Luigi's own logging goes to the run's log file.
+"""
+
+import sys
+import time
+
+import luigi
+
+from tasks import config, db, staging
+from tasks.partitions import dates
+
+_run = {"log": None, "started": time.monotonic()}
+
+
+def configure(log_path) -> None:
+    _run["log"] = log_path
+    _run["started"] = time.monotonic()
+
+
+def say(line: str) -> None:
+    if sys.stdout.isatty():
+        line = "\r\033[K" + line
+    print(line, flush=True)
+
+
+def status(line: str) -> None:
+    """A progress line that the next one replaces, on a terminal only (logs keep one line per step)."""
+    if sys.stdout.isatty():
+        print("\r\033[K" + line[:150], end="", flush=True)
+
+
+def span(days) -> str:
+    days = sorted(days)
+    return f"{days[0]}" if len(days) == 1 else f"{days[0]} … {days[-1]} ({len(days)} dates)"
+
+
+def _count(value) -> str:
+    return f"{value:,}"
+
+
+@luigi.Task.event_handler(luigi.Event.SUCCESS)
+def _stage_done(task):
+    line = getattr(task, "summary", None)
+    if line:
+        say(line)
+
+
+@luigi.Task.event_handler(luigi.Event.FAILURE)
+def _stage_failed(task, exception):
+    for line in str(exception).strip().splitlines() or [type(exception).__name__]:
+        say(f"FAILED {task.task_family} {span(dates(task)) if hasattr(task, 'date') else ''}: {line}")
+    say(f"       details: {_run['log']}")
+
+
+@luigi.Task.event_handler(luigi.Event.DEPENDENCY_MISSING)
+def _waiting(task):
+    output = task.output()
+    say(f"waiting: {task.task_family}({getattr(task, 'date', '')}) has not arrived: {getattr(output, 'key', output)}")
+
+
+def summary(days, started_at) -> dict:
+    """What the run loaded and built for its dates, from the records in PostgreSQL."""
+    with db.transaction() as conn, conn.cursor() as cur:
+        cur.execute("select to_regclass('staging.event_partition') is not null, to_regclass('etl.build') is not null")
+        has_ledger, has_builds = cur.fetchone()
+        result = {"rows": 0, "rejects": 0, "loaded": 0, "empty": [], "dbt": None}
+        if has_ledger:
+            cur.execute(
+                f"""
+                select partition_date, row_count, reject_count from {staging.EVENTS.ledger_table}
+                where loaded_at >= %s order by partition_date
+                """,
+                (started_at,),
+            )
+            loaded = cur.fetchall()
+            # A line whose day cannot be read is a reject of every partition: count each line once.
+            cur.execute(
+                f"select count(distinct (source_key, line_number)) from {staging.EVENTS.rejected.name}"
+                " where date = any(%s)",
+                ([row[0] for row in loaded],),
+            )
+            result.update(
+                loaded=len(loaded),
+                rows=sum(row[1] for row in loaded),
+                rejects=cur.fetchone()[0],
+                empty=[row[0] for row in loaded if row[1] == 0],
+            )
+        if has_builds:
+            # every date of a build carries the same results: one per build
+            cur.execute(
+                "select distinct built_at, results from etl.build where built_at >= %s and results is not null",
+                (started_at,),
+            )
+            builds = [row[1] for row in cur.fetchall()]
+            if builds:
+                result["dbt"] = {
+                    "statuses": {
+                        key: sum(b["statuses"].get(key, 0) for b in builds)
+                        for key in {k for b in builds for k in b["statuses"]}
+                    },
+                    "warnings": [w for b in builds for w in b["warnings"]],
+                }
+    return result
+
+
+def plan(first, last) -> None:
+    """Say how many dates the run has to load."""
+    days = config.dates_between(config.history_start(), last)
+    missing = sorted(set(days) - staging.EVENTS.ledger.done(days)) if days else []
+    if missing:
+        say(f"to load: {span(missing)}")
+
+
+def print_summary(result: dict, days, outcome: str, reports) -> None:
+    took = time.monotonic() - _run["started"]
+    say(f"{outcome} in {took:.1f} s.")
+    if result["loaded"]:
+        say(
+            f"  loaded {result['loaded']} date(s) of events: {_count(result['rows'])} rows, "
+            f"{_count(result['rejects'])} rejected lines"
+            + (" (select * from staging.event_rejected order by date, line_number)" if result["rejects"] else "")
+        )
+        if result["empty"]:
+            shown = ", ".join(map(str, result["empty"][:5])) + (" …" if len(result["empty"]) > 5 else "")
+            say(f"  no events in the source for {len(result['empty'])} date(s): {shown}")
+    elif outcome == "done":
+        say("  nothing to load: every partition was already loaded")
+    if result["dbt"]:
+        statuses = ", ".join(f"{count} {name.upper()}" for name, count in sorted(result["dbt"]["statuses"].items()))
+        say(f"  dbt: {statuses}")
+        for warning in result["dbt"]["warnings"]:
+            say(f"  dbt WARN {warning['node']}: {warning['message']}")
+    for path, rows in reports:
+        say(f"  report {path} ({rows} rows; heatmap .png and .svg beside it)")
+    say(f"  log: {_run['log']}")
+
+
+def report_rows(path) -> int:
+    return max(0, len(path.read_text().splitlines()) - 1)

@@ -1,0 +1,112 @@
+"""Runs you can look back on: one row per command run (`etl.run`), on luigid or the local scheduler.
+
+Reads and writes `etl.run`: the command, its dates, where it ran, start and end, status, and at the
+end the rows and rejects loaded for its dates, the dbt results of its builds and its log file.
+`make runs` lists the recent ones with their durations.
+"""
+
+import datetime
+import json
+import os
+import socket
+
+from tasks import completion, db
+
+DDL = """
+create table if not exists etl.run (
+    run_id bigserial primary key,
+    command text not null,
+    first_date date,
+    last_date date,
+    scheduler text not null,
+    host text not null,
+    pid integer not null,
+    log_path text not null,
+    started_at timestamptz not null default now(),
+    ended_at timestamptz,
+    status text not null default 'running',
+    exit_code integer,
+    rows_loaded bigint,
+    rejects bigint,
+    dbt_results jsonb
+);
+"""
+
+
+def start(command: str, first_date, last_date, scheduler: str, log_path) -> tuple:
+    """Record a run that starts now; returns its id and its start by the database's clock, which
+    also stamps the loads and builds (a client's clock may disagree)."""
+    with db.transaction() as conn, conn.cursor() as cur:
+        completion.ensure_tables(cur)
+        cur.execute(DDL)
+        cur.execute(
+            """
+            insert into etl.run (command, first_date, last_date, scheduler, host, pid, log_path)
+            values (%s, %s, %s, %s, %s, %s, %s) returning run_id, started_at
+            """,
+            (command, first_date, last_date, scheduler, socket.gethostname(), os.getpid(), str(log_path)),
+        )
+        return cur.fetchone()
+
+
+def finish(run_id: int, status: str, exit_code: int, summary: dict) -> None:
+    """Record how the run ended, with what it loaded and what dbt said."""
+    with db.transaction() as conn, conn.cursor() as cur:
+        cur.execute(
+            """
+            update etl.run set ended_at = now(), status = %s, exit_code = %s, rows_loaded = %s, rejects = %s,
+                dbt_results = %s
+            where run_id = %s
+            """,
+            (
+                status,
+                exit_code,
+                summary.get("rows"),
+                summary.get("rejects"),
+                json.dumps(summary.get("dbt")) if summary.get("dbt") else None,
+                run_id,
+            ),
+        )
+
+
+def recent(limit: int = 20) -> list:
+    """The latest runs, newest first, as dicts."""
+    with db.transaction() as conn, conn.cursor() as cur:
+        cur.execute("select to_regclass('etl.run') is not null")
+        if not cur.fetchone()[0]:
+            return []
+        cur.execute(
+            """
+            select run_id, command, first_date, last_date, scheduler, started_at, ended_at,
+                   extract(epoch from coalesce(ended_at, now()) - started_at) as seconds, status, exit_code,
+                   rows_loaded, rejects, dbt_results, log_path
+            from etl.run order by run_id desc limit %s
+            """,
+            (limit,),
+        )
+        names = [column.name for column in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def table(rows: list) -> str:
+    """The runs as an aligned text table for the terminal."""
+    if not rows:
+        return "no runs recorded yet (make run-etl DATE=…)"
+    lines = [f"{'run':>4}  {'started (UTC)':19}  {'took':>8}  {'status':11}  {'rows':>10}  {'rejects':>7}  command"]
+    for row in rows:
+        started = row["started_at"].astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        took = _duration(row["seconds"])
+        lines.append(
+            f"{row['run_id']:>4}  {started:19}  {took:>8}  {row['status']:11}  {_number(row['rows_loaded']):>10}  "
+            f"{_number(row['rejects']):>7}  {row['command']}"
+        )
+    return "\n".join(lines)
+
+
+def _duration(seconds) -> str:
+    seconds = float(seconds or 0)
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds // 60:.0f} min {seconds % 60:02.0f} s"
+
+
+def _number(value) -> str:
+    return "" if value is None else f"{value:,}"

@@ -1,0 +1,63 @@
+"""dbt's own checks of the SQL: unit tests of the models (given rows -> expected rows), and lint.
+
+The unit tests (`unit_tests:` in the layers' _models.yml) need the models' relations to exist for
+their column types: a build of a fresh database, with its staging tables empty, makes them.
+"""
+
+import json
+import subprocess
+
+import pytest
+import yaml
+
+from tasks import db, staging, transform
+
+from conftest import run_cli
+
+UNIT_TESTS = {
+    "hist_user_event_first_delivery_wins",
+    "dim_user_versions_partial_updates_deletion_and_recreation",
+    "user_active_interval_lifecycle_and_ties",
+    "cohort_summary_contract_worked_example",
+    "cohort_summary_ties_epochs_and_boundaries",
+}
+
+
+def dbt(*arguments, dbt_vars=None):
+    conn = db.connect()
+    try:
+        env = transform.dbt_environment(conn)
+    finally:
+        conn.close()
+    command = transform.dbt_command(list(arguments), dbt_vars)
+    return subprocess.run(command, cwd=transform.DBT_PROJECT, env=env, capture_output=True, text=True)
+
+
+def test_every_unit_test_is_listed_here():
+    found = set()
+    for path in (transform.DBT_PROJECT / "models").glob("*/_models.yml"):
+        found |= {test["name"] for test in yaml.safe_load(path.read_text()).get("unit_tests", [])}
+    assert found == UNIT_TESTS
+
+
+@pytest.mark.slow
+def test_dbt_unit_tests_pass(database_url):
+    with db.transaction() as conn:
+        staging.ensure_tables(conn)
+    empty = dbt("run", "--select", "+cohort_summary", "+dim_user", dbt_vars={"run_dates": ["2024-01-01"]})
+    assert empty.returncode == 0, empty.stdout[-3000:]
+    result = dbt("test", "--select", "test_type:unit")
+    assert result.returncode == 0, result.stdout[-5000:]
+    results = json.loads((transform.target_path() / "run_results.json").read_text())["results"]
+    assert {r["unique_id"].split(".")[-1]: r["status"] for r in results} == {name: "pass" for name in UNIT_TESTS}
+
+
+def test_dbt_by_hand_reaches_the_pipeline_database_under_its_own_name(database_url):
+    # make dbt ARGS="..." runs dbt against the pipeline's database; its sessions are not a build's,
+    # so a build taking the dbt lock (which ends a killed build's sessions) leaves them alone.
+    name = f"{transform.DBT_APPLICATION}-by-hand"
+    check = f"select current_setting('application_name') = '{name}' as named_by_hand"
+    result = run_cli("dbt", "show", "--inline", check, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "| named_by_hand |" in result.stdout
+    assert " True |" in result.stdout

@@ -1,0 +1,161 @@
+"""Scale out on one machine: a backfill shared by several Luigi worker processes under one luigid,
+each worker with its own data directory (no shared disk), one PostgreSQL, the source over the S3
+protocol; one worker is killed mid-run and the others finish the job."""
+
+import datetime
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from tasks import config
+
+import cohort_oracle
+from conftest import ROOT, query, run_cli, write_lines
+
+pytestmark = pytest.mark.slow
+
+DAYS = config.dates_between(datetime.date(2024, 1, 30), datetime.date(2024, 2, 4))
+
+
+def day_events(day: datetime.date, count: int = 150) -> list:
+    """Users created, some deleted the next day and created again; a few stragglers from the day before."""
+    events = []
+    for n in range(count):
+        user = f"u{day:%m%d}-{n}"
+        events.append(
+            {
+                "id": f"c-{user}",
+                "event_type": "user_created",
+                "user_id": user,
+                "received_at": f"{day}T{n % 24:02d}:{n % 60:02d}:00Z",
+            }
+        )
+        if n % 5 == 0:
+            events.append(
+                {
+                    "id": f"d-{user}",
+                    "event_type": "user_deleted",
+                    "user_id": user,
+                    "received_at": f"{day}T23:{n % 60:02d}:30+01:00",
+                }
+            )
+    return events
+
+
+def api(port, method, **data):
+    query_string = urllib.parse.urlencode({"data": json.dumps(data)})
+    with urllib.request.urlopen(f"http://localhost:{port}/api/{method}?{query_string}", timeout=10) as response:
+        return json.load(response)["response"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_workers_without_a_shared_disk_finish_a_backfill_when_one_is_killed(
+    database_url, s3_bucket, settings, tmp_path, monkeypatch
+):
+    client, bucket = s3_bucket
+    files = []
+    for day in DAYS:
+        key = f"events/date={day}/part-0.json.gz"
+        body = gzip.compress("".join(json.dumps(e) + "\n" for e in day_events(day)).encode(), mtime=0)
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+        (tmp_path / f"{day}.json.gz").write_bytes(body)
+        files.append((day, key, tmp_path / f"{day}.json.gz"))
+    client.put_object(Bucket=bucket, Key="orgs.json", Body=b'{"organization_key":"o1"}\n')
+    monkeypatch.setenv("ETL_SOURCE_URL", f"s3://{bucket}")
+    monkeypatch.setenv("ETL_HISTORY_START", DAYS[0].isoformat())
+    port = free_port()
+    settings("source", events_key="events/date={date}/", orgs_key="orgs.json")
+    settings("etl", load_batch_size=2)
+    settings("core", scheduler_host="localhost", scheduler_port=port)
+    # A killed worker's tasks go back to the others after 3 s of silence (default 30 s).
+    settings("scheduler", worker_disconnect_delay=3)
+    assert run_cli("luigid-start").returncode == 0
+    workers = []
+    try:
+        for name in ("one", "two"):
+            env = {**os.environ, "ETL_DATA_DIR": str(tmp_path / f"worker-{name}")}
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "tasks", "worker"],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        driver_env = {**os.environ, "ETL_DATA_DIR": str(tmp_path / "driver")}
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "tasks", "backfill", str(DAYS[0]), str(DAYS[-1])],
+            cwd=ROOT,
+            env=driver_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        # Kill worker one as soon as it runs a task (a condition on luigid's state, not a delay).
+        victim, killed_mid_task = workers[0], False
+        while driver.poll() is None and not killed_mid_task:
+            running = api(port, "task_list", status="RUNNING")
+            if any(f"pid={victim.pid}" in (task.get("worker_running") or "") for task in running.values()):
+                victim.send_signal(signal.SIGKILL)
+                killed_mid_task = True
+        output, _ = driver.communicate(timeout=600)
+        assert driver.returncode == 0, output[-3000:]
+        assert killed_mid_task, "worker one never ran a task: nothing was killed mid-run"
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+        run_cli("luigid-stop")
+
+    events = list(cohort_oracle.daily_events(files))
+    for day in DAYS:
+        report = tmp_path / "driver" / "reports" / f"cohort_summary_{day}.csv"
+        assert report.read_text() == cohort_oracle.report(events, day), day
+    # Nothing loaded twice: one load per partition, and every partition's rows are its day's events.
+    assert query("select date, count(distinct load_id), count(*) from staging.event group by 1 order by 1") == [
+        (day, 1, len(day_events(day))) for day in DAYS
+    ]
+    # The surviving worker ran tasks of the backfill too (its own log says so), and no download was
+    # landed on any disk: an S3 source is read in place by whichever worker loads it.
+    (log,) = (tmp_path / "worker-two" / "logs").glob("run-*.log")
+    assert " done " in log.read_text()
+    assert not any((tmp_path / place / "raw").exists() for place in ("driver", "worker-one", "worker-two"))
+
+
+def test_a_run_on_luigid_ends_with_missing_data_when_a_daily_prefix_has_not_arrived(
+    database_url, settings, tmp_path, monkeypatch
+):
+    # On luigid a run keeps alive while other workers may run its tasks; a prefix nobody will write
+    # in this run must not keep it waiting for ever.
+    source = tmp_path / "source"
+    first, missing = DAYS[0], DAYS[1]
+    write_lines(source / f"events/date={first}/part-0.json", day_events(first, count=5))
+    write_lines(source / "orgs.json", [{"organization_key": "o1"}])
+    monkeypatch.setenv("ETL_SOURCE_URL", str(source))
+    monkeypatch.setenv("ETL_HISTORY_START", first.isoformat())
+    settings("source", events_key="events/date={date}/", orgs_key="orgs.json")
+    settings("core", scheduler_host="localhost", scheduler_port=free_port())
+    assert run_cli("luigid-start").returncode == 0
+    try:
+        result = run_cli("run-etl", str(missing), timeout=300)
+    finally:
+        run_cli("luigid-stop")
+    assert result.returncode == 20, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"date={missing}" in result.stdout
+    # What could run did: the day that arrived is loaded.
+    assert query("select partition_date from staging.event_partition") == [(first,)]
