@@ -25,7 +25,7 @@ TABLES = {
     "reporting.user_active_interval": "user_id, epoch_from, active_from",
     "dimensional.dim_organization": "organization_version_key",
 }
-BOOKKEEPING = {"changed_at", "load_id"}
+BOOKKEEPING = {"changed_at", "content_changed_at", "load_id"}
 
 
 def daily_source(folder):

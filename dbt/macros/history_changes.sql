@@ -22,6 +22,17 @@
 {%- endmacro %}
 
 
+{#-
+    The same partitions as a literal date array, read when the model runs: with literal dates the
+    planner reads just those partitions through the BRIN index on staging.event's date (with a
+    subquery it scans the whole table, whatever the index).
+-#}
+{% macro changed_event_partition_array() -%}
+    {%- set dates = run_query(changed_event_partitions()).columns[0].values() if execute else [] -%}
+    array[{%- for day in dates -%}'{{ day }}'{{ ", " if not loop.last }}{%- endfor -%}]::date[]
+{%- endmacro %}
+
+
 {#- Post-hook of hist_user_event, in the same transaction as its rows: the loads are processed. -#}
 {% macro hist_user_event_mark_processed() %}
     update {{ ref('hist_user_event_partition') }}
@@ -101,15 +112,21 @@
 
 {#-
     A condition on `column` (a user_id) selecting the users whose rows a model must recompute:
-    those with history rows changed since the model's rows were last written; every user (true)
-    on a first build or after a rework. The time is a literal, so the planner sees how few rows it
-    selects and uses the index on changed_at.
+    those with history rows changed since the model's rows were last written, of `event_types`
+    when the model reads only those; every user (true) on a first build or after a rework. Outside
+    a rework a build only adds history rows, so a user whose new rows are of other types keeps the
+    model's rows. The time is a literal, so the planner sees how few rows it selects and uses the
+    index on changed_at.
 -#}
-{% macro changed_user(column) -%}
+{% macro changed_user(column, event_types=none) -%}
     {%- if adds_to_this() -%}
         {{ column }} in (
             select changed.user_id from {{ ref('hist_user_event') }} as changed
-            where changed.changed_at > {{ last_written() }}
+            where
+                changed.changed_at > {{ last_written() }}
+                {%- if event_types %}
+                and changed.event_type in ('{{ event_types | join("', '") }}')
+                {%- endif %}
         )
     {%- else -%}
         true
@@ -151,10 +168,21 @@
     {%- set key = arg_dict['unique_key'] -%}
     {%- set columns = arg_dict['dest_columns'] | map(attribute='name') | join(', ') -%}
     {%- set match = ['user_id', key] | unique | list -%}
+    {%- set has_partition = 'partition_date' in arg_dict['dest_columns'] | map(attribute='name') | list -%}
     analyze {{ temp }};
 
     delete from {{ target }} as stored_row
-    using (select distinct {{ match | join(', ') }} from {{ temp }}) as written
+    using (
+        select distinct {{ match | join(', ') }} from {{ temp }}
+        {%- if has_partition %}
+        -- rows of partitions taken in since this model's last write are new keys (docs.md,
+        -- changed_users): after a rework the model was emptied, and otherwise their events are new
+        where partition_date not in (
+            select partition_date from {{ ref('hist_user_event_partition') }}
+            where processed_at > {{ last_written() }}
+        )
+        {%- endif %}
+    ) as written
     where
         {%- for column in match %}
         stored_row.{{ column }} = written.{{ column }}{{ " and" if not loop.last }}

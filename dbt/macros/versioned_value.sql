@@ -16,5 +16,5 @@
 {% macro version_columns() -%}
     user_id, event_id, event_type, organization_key, username, user_email, user_type, event_rank,
     sets_organization_key, sets_username, sets_user_email, sets_user_type, status_set, received_at,
-    partition_date, version_number
+    partition_date, version_number, content_changed_at
 {%- endmacro %}

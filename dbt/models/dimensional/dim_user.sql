@@ -7,6 +7,7 @@
         indexes=[
             {'columns': ['user_id']},
             {'columns': ['changed_at']},
+            {'columns': ['content_changed_at']},
         ],
         pre_hook="{{ clear_when_history_reworked() }}",
         post_hook="{{ analyze_changed() }}",
@@ -99,7 +100,9 @@ continued_version as (
         status as status_set,
         valid_from as received_at,
         partition_date,
-        version_number
+        version_number,
+        -- closing the version changes valid_to and is_current only
+        content_changed_at
     from current_version
     where user_id not in (select late_user.user_id from late_user)
 ),
@@ -109,7 +112,8 @@ appended_event as (
         new_event.*,
         coalesce(continued_version.version_number, 0) + row_number() over (
             partition by new_event.user_id order by new_event.received_at, new_event.event_rank, new_event.event_id
-        ) as version_number
+        ) as version_number,
+        {{ build_stamp() }} as content_changed_at
     from new_event
     left join continued_version
         on new_event.user_id = continued_version.user_id
@@ -119,7 +123,8 @@ appended_event as (
 recomputed_event as (
     select
         *,
-        row_number() over (partition by user_id order by received_at, event_rank, event_id) as version_number
+        row_number() over (partition by user_id order by received_at, event_rank, event_id) as version_number,
+        {{ build_stamp() }} as content_changed_at
     from lifecycle_event
     where user_id in (select late_user.user_id from late_user)
 ),
@@ -137,7 +142,8 @@ ordered_version as (
 ordered_version as (
     select
         *,
-        row_number() over (partition by user_id order by received_at, event_rank, event_id) as version_number
+        row_number() over (partition by user_id order by received_at, event_rank, event_id) as version_number,
+        {{ build_stamp() }} as content_changed_at
     from lifecycle_event
 ),
 
@@ -155,6 +161,7 @@ latest_setting as (
         received_at,
         partition_date,
         version_number,
+        content_changed_at,
         max(case when sets_organization_key then {{ versioned('organization_key') }} end) over user_history
             as latest_organization_key,
         max(case when sets_username then {{ versioned('username') }} end) over user_history as latest_username,
@@ -175,6 +182,7 @@ filled_version as (
         received_at,
         partition_date,
         version_number,
+        content_changed_at,
         {{ unversioned('latest_organization_key') }} as organization_key,
         {{ unversioned('latest_username') }} as username,
         {{ unversioned('latest_user_email') }} as user_email,
@@ -200,7 +208,8 @@ final as (
         received_at as valid_from,
         lead(received_at) over user_versions as valid_to,
         partition_date,
-        {{ build_stamp() }} as changed_at
+        {{ build_stamp() }} as changed_at,
+        content_changed_at
     from filled_version
     window user_versions as (partition by user_id order by version_number)
 )

@@ -14,10 +14,11 @@
 }}
 
 -- A lifecycle event is the version it opened, so its row comes from dim_user as it is; any other
--- event type is linked to the version in effect at the event. A build looks at the versions
--- dim_user wrote since this model's rows (docs.md, block changed_users), the other events written
--- since, and the other events of every user whose versions changed (their version in effect may
--- have changed), and writes the facts that are new or differ; replace_keys replaces exactly those.
+-- event type is linked to the version in effect at the event. A build writes the facts of the
+-- versions whose contents dim_user computed since this model's rows, the other events written
+-- since, and the other events at or after the first such version of its user (their version in
+-- effect may have changed; earlier ones keep theirs): docs.md, block changed_users. replace_keys
+-- replaces exactly those.
 -- depends_on: {{ ref('hist_user_event_partition') }}
 
 with
@@ -34,9 +35,18 @@ other_event as not materialized (
 
 {% if adds_to_this() %}
 
+-- a version only closed by a later one keeps its contents, so its fact stays as it is
 changed_version as (
     select * from user_version
-    where changed_at > {{ last_written() }}
+    where content_changed_at > {{ last_written() }}
+),
+
+relink_from as (
+    select
+        user_id,
+        min(valid_from) as relink_from_at
+    from changed_version
+    group by user_id
 ),
 
 -- two lookups, each through its index (an "or" of the two would read the whole history)
@@ -44,8 +54,12 @@ relinked_event as (
     select * from other_event
     where changed_at > {{ last_written() }}
     union
-    select * from other_event
-    where user_id in (select changed_version.user_id from changed_version)
+    select other_event.*
+    from other_event
+    inner join relink_from
+        on
+            other_event.user_id = relink_from.user_id
+            and other_event.received_at >= relink_from.relink_from_at
 ),
 
 {% else %}
@@ -99,33 +113,6 @@ candidate_fact as (
     select * from other_fact
 ),
 
-{% if adds_to_this() %}
-
--- of the facts looked at, only those that are new or differ from the row they replace
-written_fact as (
-    select candidate_fact.*
-    from candidate_fact
-    left join {{ this }} as stored_fact
-        on
-            candidate_fact.user_id = stored_fact.user_id
-            and candidate_fact.event_id = stored_fact.event_id
-    where
-        stored_fact.event_id is null
-        or (
-            candidate_fact.user_key, candidate_fact.organization_key, candidate_fact.event_type, candidate_fact.event_at
-        )
-        is distinct from
-        (stored_fact.user_key, stored_fact.organization_key, stored_fact.event_type, stored_fact.event_at)
-),
-
-{% else %}
-
-written_fact as (
-    select * from candidate_fact
-),
-
-{% endif %}
-
 final as (
     select
         event_id,
@@ -137,7 +124,7 @@ final as (
         (event_at at time zone 'UTC')::date as event_date,
         partition_date,
         {{ build_stamp() }} as changed_at
-    from written_fact
+    from candidate_fact
 )
 
 select * from final

@@ -27,35 +27,27 @@ staging_event as not materialized (
 
 {% if is_incremental() %}
 
-partition_log as (
-    select * from {{ ref('hist_user_event_partition') }}
-),
-
-changed_partition as (
-    select partition_log.partition_date
-    from partition_log
-    where (partition_log.load_id is distinct from partition_log.processed_load_id)
-),
+{% set changed_partitions = changed_event_partition_array() %}
 
 -- events whose winning delivery came from a changed partition (a reload): their first delivery is
 -- recomputed from every delivery in staging
 reworked_event as (
     select history.event_id
     from {{ this }} as history
-    where history.partition_date in (select changed_partition.partition_date from changed_partition)
+    where history.partition_date = any({{ changed_partitions }})
 ),
 
 delivery as (
     select staging_event.*
     from staging_event
-    where staging_event.date in (select changed_partition.partition_date from changed_partition)
+    where staging_event.date = any({{ changed_partitions }})
     union all
     select staging_event.*
     from staging_event
     inner join reworked_event
         on staging_event.event_id = reworked_event.event_id
     where
-        staging_event.date not in (select changed_partition.partition_date from changed_partition)
+        staging_event.date != all({{ changed_partitions }})
         -- evaluated once: without reworked events, staging is not read at all
         and exists (select from reworked_event as any_reworked_event)  -- noqa: AL05
 ),

@@ -34,7 +34,7 @@ lifecycle_event as (
     from {{ ref('hist_user_event') }} as user_event
     where
         user_event.event_type in ('user_created', 'user_deleted')
-        and {{ changed_user('user_event.user_id') }}
+        and {{ changed_user('user_event.user_id', ['user_created', 'user_deleted']) }}
 ),
 
 -- a user's epochs start at -infinity and at each partition that delivered a late event
