@@ -49,7 +49,8 @@ relink_from as (
     group by user_id
 ),
 
--- two lookups, each through its index (an "or" of the two would read the whole history)
+-- a union, not an "or": the new events come through the index on changed_at, which an "or" with
+-- the relink join would give up
 relinked_event as (
     select * from other_event
     where changed_at > {{ last_written() }}
