@@ -84,9 +84,14 @@ def dbt_command(arguments: list, dbt_vars: dict = None) -> list:
     return [DBT, *arguments] + (["--vars", json.dumps(dbt_vars)] if dbt_vars else [])
 
 
-def invoke(conn, arguments: list, dbt_vars: dict, log_path: Path, on_event=None) -> DbtRun:
-    """Run dbt with JSON events on stdout; each event goes to `on_event`, its text to `log_path`."""
-    command = dbt_command(arguments + ["--log-format", "json", "--no-use-colors", "--no-use-colors-file"], dbt_vars)
+def invoke(conn, arguments: list, settings: dict, log_path: Path, on_event=None) -> DbtRun:
+    """Run dbt with JSON events on stdout; each event goes to `on_event`, its text to `log_path`.
+
+    The build's `settings` (dates, stamp, test scope) go through the environment, not --vars:
+    dbt parses the whole project again whenever its vars change, and it can reuse its saved parse
+    when they do not (dbt/macros/build_settings.sql)."""
+    command = dbt_command(arguments + ["--log-format", "json", "--no-use-colors", "--no-use-colors-file"])
+    env = {**dbt_environment(conn), "ETL_DBT_BUILD": json.dumps(settings)}
     run = DbtRun(command, log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     parent = os.getpid()
@@ -95,7 +100,7 @@ def invoke(conn, arguments: list, dbt_vars: dict, log_path: Path, on_event=None)
         subprocess.Popen(
             command,
             cwd=DBT_PROJECT,
-            env=dbt_environment(conn),
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -199,18 +204,18 @@ def build(days, progress=None) -> list:
                 )
             )
         # Data tests check what this build changed; make test-warehouse checks everything.
-        dbt_vars = {"run_dates": [day.isoformat() for day in days], "test_scope": "changed"}
+        settings = {"run_dates": [day.isoformat() for day in days], "test_scope": "changed"}
         with conn.cursor() as cur:
             # The rows this build writes are stamped by the server's clock, not this machine's
             # (macro build_stamp): builds from several machines then stay in the order they ran.
             cur.execute("select clock_timestamp()::text")
-            dbt_vars["build_stamp"] = cur.fetchone()[0]
+            settings["build_stamp"] = cur.fetchone()[0]
         arguments = ["build", *BUILD_OPTIONS]
         if points:
-            dbt_vars["snapshot_date"] = points[-1].isoformat()
+            settings["snapshot_date"] = points[-1].isoformat()
         else:
             arguments += ["--exclude", SNAPSHOT]
-        runs.append(_checked(invoke(conn, arguments, dbt_vars, log_path, progress)))
+        runs.append(_checked(invoke(conn, arguments, settings, log_path, progress)))
         results = json.dumps(results_summary(runs))
         with conn.cursor() as cur:
             completion.ensure_tables(cur)

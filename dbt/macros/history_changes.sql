@@ -6,11 +6,11 @@
 {#-
     The stamp of this build, as a SQL literal: every row a build writes carries it as changed_at, and
     later builds find what changed by comparing with it. The pipeline passes the database server's
-    clock (var build_stamp, taken under the build lock), so that builds run on different machines
+    clock (setting build_stamp, taken under the build lock), so that builds run on different machines
     stay in order whatever their own clocks say; by hand, dbt's own start time.
 -#}
 {% macro build_stamp() -%}
-    '{{ var("build_stamp", run_started_at) }}'::timestamptz
+    '{{ build_setting("build_stamp", run_started_at) }}'::timestamptz
 {%- endmacro %}
 
 
@@ -135,6 +135,42 @@
 
 
 {#-
+    Pre-hook of dim_user (an incremental build): the current versions of the users with lifecycle
+    events written since dim_user's last write, each with where it is stored (`stored_ctid`, its
+    ctid), in a temporary table that lives until the model's transaction ends. The model continues
+    the chains from these rows and writes each of them again, so replace_keys deletes them where
+    they are stored (model config `stages_current_versions`) instead of looking their keys up among
+    millions of rows. Empty when the build computes every row (after a rework).
+-#}
+{% macro stage_current_versions() %}
+    {%- if execute and is_incremental() -%}
+        create temporary table {{ current_version_table() }} on commit drop as
+        select stored.ctid as stored_ctid, stored.*
+        from {{ this }} as stored
+        where
+            stored.is_current
+            {%- if adds_to_this() %}
+            and stored.user_id in (
+                select changed.user_id from {{ ref('hist_user_event') }} as changed
+                where
+                    changed.changed_at > {{ last_written() }}
+                    and changed.event_type in ('user_created', 'user_updated', 'user_deleted')
+            )
+            {%- else %}
+            and false
+            {%- endif %};
+        analyze {{ current_version_table() }}
+    {%- endif -%}
+{% endmacro %}
+
+
+{#- The temporary table of stage_current_versions. -#}
+{% macro current_version_table() -%}
+    {{ this.identifier }}__current_version
+{%- endmacro %}
+
+
+{#-
     Post-hook of the models a build changes in place: fresh statistics for the next model of the
     same build. Autovacuum analyzes them only later, and a planner that still believes a table holds
     yesterday's rows can pick a nested loop over today's (seen: a join of 5 s took 60).
@@ -169,7 +205,14 @@
     {%- set columns = arg_dict['dest_columns'] | map(attribute='name') | join(', ') -%}
     {%- set match = ['user_id', key] | unique | list -%}
     {%- set has_partition = 'partition_date' in arg_dict['dest_columns'] | map(attribute='name') | list -%}
+    {%- set stored = current_version_table() if config.get('stages_current_versions') else none -%}
     analyze {{ temp }};
+    {%- if stored %}
+
+    -- the stored rows the model read and wrote again, straight where they are stored
+    delete from {{ target }}
+    where ctid = any(array(select stored_ctid from {{ stored }}));
+    {%- endif %}
 
     delete from {{ target }} as stored_row
     using (
@@ -181,6 +224,10 @@
             select partition_date from {{ ref('hist_user_event_partition') }}
             where processed_at > {{ last_written() }}
         )
+        {%- endif %}
+        {%- if stored %}
+        except
+        select {{ match | join(', ') }} from {{ stored }}
         {%- endif %}
     ) as written
     where

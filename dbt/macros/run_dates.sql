@@ -1,5 +1,5 @@
 {#-
-    The dates a build is for, from vars the Luigi task passes (tasks/transform.py):
+    The dates a build is for, settings the Luigi task passes (macros/build_settings.sql):
       run_dates      list of report dates, 'YYYY-MM-DD' (the report's as_of_date values)
       snapshot_date  the date the organization snapshot is taken for
     A missing or malformed value fails the run loudly instead of building with a wrong date. While
@@ -19,7 +19,7 @@
 
 
 {% macro run_dates() -%}
-    {%- set values = var('run_dates', []) -%}
+    {%- set values = build_setting('run_dates', []) -%}
     {%- if values is string -%}{%- set values = [values] -%}{%- endif -%}
     {%- if execute and not values -%}
         {{ exceptions.raise_compiler_error("var run_dates is required: --vars '{run_dates: [\"YYYY-MM-DD\"]}'") }}
@@ -37,5 +37,5 @@
 
 
 {% macro snapshot_date() -%}
-    {{ return(checked_date('snapshot_date', var('snapshot_date', none))) }}
+    {{ return(checked_date('snapshot_date', build_setting('snapshot_date'))) }}
 {%- endmacro %}

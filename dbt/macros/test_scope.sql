@@ -2,8 +2,8 @@
     Data tests of a build check what the build changed, so their cost follows the new data, not
     the history. A test's `where: __changed_rows__` becomes "rows this dbt invocation wrote"
     (changed_at), `where: __report_dates__` "rows of the build's report dates", when the pipeline's
-    build passes `--vars '{test_scope: changed}'`. By default (by hand, make test-warehouse) every
-    test checks every row.
+    build sets test_scope to changed (macros/build_settings.sql). By default (by hand, make
+    test-warehouse) every test checks every row.
     dbt calls get_where_subquery to apply a test's `where`; this override fills the placeholders.
 -#}
 {% macro get_where_subquery(relation) -%}
@@ -24,11 +24,11 @@
 
 {#- Rows this dbt invocation wrote, or every row with test_scope all. -#}
 {% macro changed_rows_only() -%}
-    {{ return('true' if var('test_scope', 'all') == 'all' else "changed_at >= " ~ build_stamp()) }}
+    {{ return('true' if build_setting('test_scope', 'all') == 'all' else "changed_at >= " ~ build_stamp()) }}
 {%- endmacro %}
 
 
 {#- Report rows of the build's dates, or every row with test_scope all. -#}
 {% macro report_dates_only() -%}
-    {{ return('true' if var('test_scope', 'all') == 'all' else 'as_of_date = any(' ~ run_dates_array() ~ ')') }}
+    {{ return('true' if build_setting('test_scope', 'all') == 'all' else 'as_of_date = any(' ~ run_dates_array() ~ ')') }}
 {%- endmacro %}

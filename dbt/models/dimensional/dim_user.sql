@@ -9,7 +9,8 @@
             {'columns': ['changed_at']},
             {'columns': ['content_changed_at']},
         ],
-        pre_hook="{{ clear_when_history_reworked() }}",
+        stages_current_versions=true,
+        pre_hook=["{{ clear_when_history_reworked() }}", "{{ stage_current_versions() }}"],
         post_hook="{{ analyze_changed() }}",
     )
 }}
@@ -18,6 +19,7 @@
 -- close (docs.md, block changed_users). A user whose new events all come after their current
 -- version continues the chain from it; a user with a new event that sorts before it (a late event)
 -- has the whole chain computed again, as has every user on a first build or after a rework. The
+-- current versions come from the pre-hook stage_current_versions, with where they are stored; the
 -- replace_keys strategy (macros/history_changes.sql) replaces exactly the versions written.
 -- depends_on: {{ ref('hist_user_event_partition') }}
 
@@ -63,9 +65,9 @@ new_event as (
     where changed_at > {{ last_written() }}
 ),
 
+-- the current versions of the users with new events (pre-hook stage_current_versions)
 current_version as (
-    select * from {{ this }}
-    where is_current and user_id in (select new_event.user_id from new_event)
+    select * from {{ current_version_table() }}
 ),
 
 late_user as (
