@@ -140,7 +140,7 @@
     ctid), in a temporary table that lives until the model's transaction ends. The model continues
     the chains from these rows and writes each of them again, so replace_keys deletes them where
     they are stored (model config `stages_current_versions`) instead of looking their keys up among
-    millions of rows. Empty when the build computes every row (after a rework).
+    millions of rows. After a rework the pre-hook before it emptied the model: nothing to stage.
 -#}
 {% macro stage_current_versions() %}
     {%- if execute and is_incremental() -%}
@@ -149,16 +149,7 @@
         from {{ this }} as stored
         where
             stored.is_current
-            {%- if adds_to_this() %}
-            and stored.user_id in (
-                select changed.user_id from {{ ref('hist_user_event') }} as changed
-                where
-                    changed.changed_at > {{ last_written() }}
-                    and changed.event_type in ('user_created', 'user_updated', 'user_deleted')
-            )
-            {%- else %}
-            and false
-            {%- endif %};
+            and {{ changed_user('stored.user_id', ['user_created', 'user_updated', 'user_deleted']) }};
         analyze {{ current_version_table() }}
     {%- endif -%}
 {% endmacro %}
