@@ -450,6 +450,9 @@ machines are shared and noisy (the loader's are the median of three).
 
 {table(rows)}
 
+What was changed to get here, and what is left for the targets not met:
+[performance-notes.md](performance-notes.md).
+
 Reproduce:
 
 ```sh
