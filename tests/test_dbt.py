@@ -1,9 +1,11 @@
-"""dbt's own checks of the SQL: unit tests of the models (given rows -> expected rows), and lint.
+"""dbt's own checks of the SQL: unit tests of the models (given rows -> expected rows), a generic data
+test of ours catching what it is written for, and dbt by hand.
 
 The unit tests (`unit_tests:` in the layers' _models.yml) need the models' relations to exist for
 their column types: a build of a fresh database, with its staging tables empty, makes them.
 """
 
+import datetime
 import json
 import subprocess
 
@@ -13,6 +15,7 @@ import yaml
 from tasks import db, staging, transform
 
 from conftest import run_cli
+from test_report import REPORT_2024_03_05, WORKED_EXAMPLE, one_file_source, run_etl
 
 UNIT_TESTS = {
     "hist_user_event_first_delivery_wins",
@@ -61,3 +64,29 @@ def test_dbt_by_hand_reaches_the_pipeline_database_under_its_own_name(database_u
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "| named_by_hand |" in result.stdout
     assert " True |" in result.stdout
+
+
+@pytest.mark.slow
+def test_relationships_by_user_fails_a_key_of_another_users_version(database_url, tmp_path, monkeypatch):
+    # dbt's relationships test passes a fact whose user_key names another user's version; this one
+    # must not, whether it checks a build's changed rows one by one or every row with one join.
+    one_file_source(tmp_path, monkeypatch, WORKED_EXAMPLE)
+    assert run_etl(datetime.date(2024, 3, 5)) == REPORT_2024_03_05
+    with db.transaction() as conn, conn.cursor() as cur:
+        cur.execute(
+            """
+            update dimensional.fac_user set user_id = user_id || '-other', changed_at = '2100-01-01 00:00+00'
+            where event_id = (select min(event_id) from dimensional.fac_user where user_key is not null)
+            """
+        )
+        assert cur.rowcount == 1
+    scopes = [
+        ({"test_scope": "all"}, 1),
+        ({"test_scope": "changed", "build_stamp": "2100-01-01 00:00+00"}, 1),
+        ({"test_scope": "changed", "build_stamp": "2100-01-02 00:00+00"}, 0),  # not a changed row
+    ]
+    for settings, failures in scopes:
+        result = dbt("test", "--select", "test_name:relationships_by_user", dbt_vars=settings)
+        assert result.returncode == (1 if failures else 0), result.stdout[-3000:]
+        results = json.loads((transform.target_path() / "run_results.json").read_text())["results"]
+        assert [r["failures"] for r in results] == [failures], settings

@@ -111,23 +111,30 @@
 
 
 {#-
-    A condition on `column` (a user_id) selecting the users whose rows a model must recompute:
-    those with history rows changed since the model's rows were last written, of `event_types`
-    when the model reads only those; every user (true) on a first build or after a rework. Outside
-    a rework a build only adds history rows, so a user whose new rows are of other types keeps the
-    model's rows. The time is a literal, so the planner sees how few rows it selects and uses the
-    index on changed_at.
+    The users with history rows written since this model's rows were last written, of
+    `event_types` when the model reads only those: a query of user_id, a user once per such row.
+    The time is a literal, so the planner sees how few rows it selects and uses the index on
+    changed_at. Outside a rework a build only adds history rows, so a user whose new rows are of
+    other types keeps the model's rows.
+-#}
+{% macro changed_users(event_types=none) -%}
+    select changed.user_id from {{ ref('hist_user_event') }} as changed
+    where
+        changed.changed_at > {{ last_written() }}
+        {%- if event_types %}
+        and changed.event_type in ('{{ event_types | join("', '") }}')
+        {%- endif %}
+{%- endmacro %}
+
+
+{#-
+    A condition on `column` (a user_id) selecting the users whose rows a model must recompute: the
+    changed_users when the build adds to the model's rows, every user (true) on a first build or
+    after a rework.
 -#}
 {% macro changed_user(column, event_types=none) -%}
     {%- if adds_to_this() -%}
-        {{ column }} in (
-            select changed.user_id from {{ ref('hist_user_event') }} as changed
-            where
-                changed.changed_at > {{ last_written() }}
-                {%- if event_types %}
-                and changed.event_type in ('{{ event_types | join("', '") }}')
-                {%- endif %}
-        )
+        {{ column }} in ({{ changed_users(event_types) }})
     {%- else -%}
         true
     {%- endif -%}

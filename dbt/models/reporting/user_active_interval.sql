@@ -22,19 +22,45 @@
 
 with
 
+{% if adds_to_this() %}
+
+-- the changed users with a new creation or deletion (docs.md, changed_users)
+changed_user as (
+    select distinct user_id from ({{ changed_users(['user_created', 'user_deleted']) }}) as changed
+),
+
+-- each changed user's events looked up on their own, through the index on user_id: "offset 0"
+-- keeps the subquery from becoming a join, which the planner would make a scan of the whole history
+-- (day 30 of the bench, 73k users: the model took 5.3 to 5.9 s before, 3.9 to 4.6 s after)
+user_event as (
+    select user_event.*
+    from changed_user
+    cross join lateral (
+        select * from {{ ref('hist_user_event') }} as history
+        where history.user_id = changed_user.user_id and history.event_type in ('user_created', 'user_deleted')
+        offset 0
+    ) as user_event
+),
+
+{% else %}
+
+user_event as (
+    select * from {{ ref('hist_user_event') }}
+    where event_type in ('user_created', 'user_deleted')
+),
+
+{% endif %}
+
 lifecycle_event as (
     select
-        user_event.user_id,
-        user_event.event_id,
-        user_event.received_at,
-        user_event.partition_date,
-        user_event.event_type = 'user_deleted' as is_deletion,
+        user_id,
+        event_id,
+        received_at,
+        partition_date,
+        event_type = 'user_deleted' as is_deletion,
         -- delivered after its own UTC day: invisible to reports of the days in between
-        (user_event.received_at at time zone 'UTC')::date < user_event.partition_date as is_late
-    from {{ ref('hist_user_event') }} as user_event
-    where
-        user_event.event_type in ('user_created', 'user_deleted')
-        and {{ changed_user('user_event.user_id', ['user_created', 'user_deleted']) }}
+        (received_at at time zone 'UTC')::date < partition_date as is_late
+    from user_event
 ),
 
 -- a user's epochs start at -infinity and at each partition that delivered a late event
