@@ -30,6 +30,7 @@ class etl(luigi.Config):  # noqa: N801 - Luigi names a Config class after its se
     load_batch_size = luigi.IntParameter(
         default=7, description="dates of the daily layout one load task takes at most (one-file: all)"
     )
+    draw_batch_size = luigi.IntParameter(default=7, description="report dates one heatmap task draws at most")
 
 
 class source(luigi.Config):  # noqa: N801
@@ -73,6 +74,10 @@ def dbt_work_mem() -> str:
 
 def load_batch_size() -> int:
     return max(1, int(etl().load_batch_size))
+
+
+def draw_batch_size() -> int:
+    return max(1, int(etl().draw_batch_size))
 
 
 def source_url() -> str:

@@ -124,9 +124,12 @@ class DrawCohortHeatmap(luigi.Task):
 
     date = PartitionDate(description="report date D (a batch of dates when Luigi batches the runs)")
     loaded_through = LoadedThrough()
-    # Drawing takes about 0.35 s a date, on one core: batches of a week's dates let several workers
-    # draw side by side (one worker draws the batches one after another).
-    max_batch_size = 7
+
+    @property
+    def max_batch_size(self):
+        # Drawing takes about 0.35 s a date, on one core: batches of a week's dates let several
+        # workers draw side by side (one worker draws the batches one after another).
+        return config.draw_batch_size()
 
     def requires(self):
         return ExportCohortSummary(dates(self), self.loaded_through)

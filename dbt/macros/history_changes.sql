@@ -122,7 +122,7 @@
     where
         changed.changed_at > {{ last_written() }}
         {%- if event_types %}
-        and changed.event_type in ('{{ event_types | join("', '") }}')
+        and changed.event_type in {{ sql_list(event_types) }}
         {%- endif %}
 {%- endmacro %}
 
@@ -156,7 +156,7 @@
         from {{ this }} as stored
         where
             stored.is_current
-            and {{ changed_user('stored.user_id', ['user_created', 'user_updated', 'user_deleted']) }};
+            and {{ changed_user('stored.user_id', lifecycle_event_types()) }};
         analyze {{ current_version_table() }}
     {%- endif -%}
 {% endmacro %}
@@ -176,6 +176,18 @@
 {% macro analyze_changed() %}
     analyze {{ this }}
 {% endmacro %}
+
+
+{#- The event types that change a user's state (the contract's lifecycle events). -#}
+{% macro lifecycle_event_types() -%}
+    {{ return(['user_created', 'user_updated', 'user_deleted']) }}
+{%- endmacro %}
+
+
+{#- A list of strings as a SQL list literal: ('a', 'b'). -#}
+{% macro sql_list(values) -%}
+    ('{{ values | join("', '") }}')
+{%- endmacro %}
 
 
 {#- The order of lifecycle events at the same instant: created, then updated, then deleted. -#}

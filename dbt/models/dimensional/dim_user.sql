@@ -55,7 +55,7 @@ lifecycle_event as not materialized (
         partition_date,
         changed_at
     from user_event
-    where event_type in ('user_created', 'user_updated', 'user_deleted')
+    where event_type in {{ sql_list(lifecycle_event_types()) }}
 ),
 
 {% if adds_to_this() %}

@@ -30,7 +30,7 @@ user_version as not materialized (
 
 other_event as not materialized (
     select * from {{ ref('hist_user_event') }}
-    where event_type not in ('user_created', 'user_updated', 'user_deleted')
+    where event_type not in {{ sql_list(lifecycle_event_types()) }}
 ),
 
 {% if adds_to_this() %}
