@@ -119,6 +119,12 @@ def _compile(columns) -> str:
     )
 
 
+# Text compares byte by byte (the "C" collation), whatever the server's default: the order of ids
+# and source keys is then S3's order on every server, and sorts and indexes on text skip the
+# locale's comparison (half the time of a sort of 1M ids on a C.UTF-8 server).
+_COLLATE = {"text": ' collate "C"'}
+
+
 def _struct(fmt: str):
     return struct.Struct(">" + fmt).pack
 
@@ -136,7 +142,9 @@ class Table:
         object.__setattr__(self, "bind", namespace["bind"])
 
     def ddl(self) -> str:
-        body = ",\n    ".join(f"{column.name} {column.type} not null" for column in self.columns)
+        body = ",\n    ".join(
+            f"{column.name} {column.type}{_COLLATE.get(column.type, '')} not null" for column in self.columns
+        )
         return f"create table if not exists {self.name} (\n    {body}\n);\n{self.index}"
 
     def copy_statement(self) -> sql.Composed:

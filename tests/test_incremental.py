@@ -89,6 +89,15 @@ def test_daily_builds_equal_one_build_from_scratch(postgres_server, database_url
     assert query("select count(distinct changed_at) from dimensional.dim_user") == [(2,)]
     # Its dates and stamp differed from the run before's, and still dbt reused its saved parse.
     assert "PartialParsingEnabled" in last_dbt_invocation_events()
+    # Ids, keys and source keys compare byte by byte (S3's order), whatever the server's collation.
+    assert (
+        query(
+            "select table_name, column_name from information_schema.columns where data_type = 'text'"
+            " and table_schema || '.' || table_name in ('staging.event', 'staging.organization',"
+            " 'historical.hist_user_event') and collation_name is distinct from 'C'"
+        )
+        == []
+    )
 
     admin = psycopg2.connect(postgres_server)
     admin.autocommit = True

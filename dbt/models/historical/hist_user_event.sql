@@ -69,12 +69,12 @@ first_delivery as (
 final as (
     select
         event_id,
-        json_content ->> 'user_id' as user_id,
-        json_content ->> 'organization_id' as organization_key,
-        json_content ->> 'event_type' as event_type,
-        json_content ->> 'username' as username,
-        json_content ->> 'user_email' as user_email,
-        json_content ->> 'user_type' as user_type,
+        (json_content ->> 'user_id') collate "C" as user_id,
+        (json_content ->> 'organization_id') collate "C" as organization_key,
+        (json_content ->> 'event_type') collate "C" as event_type,
+        (json_content ->> 'username') collate "C" as username,
+        (json_content ->> 'user_email') collate "C" as user_email,
+        (json_content ->> 'user_type') collate "C" as user_type,
         json_content ? 'organization_id' as has_organization_key,
         json_content ? 'username' as has_username,
         json_content ? 'user_email' as has_user_email,
