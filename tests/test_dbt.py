@@ -97,3 +97,32 @@ def test_relationships_by_user_fails_a_key_of_another_users_version(database_url
         cur.execute("analyze dimensional.dim_user")
     check(changed_since, 1, looks_up=True)
     check({**changed_since, "build_stamp": "2100-01-02 00:00+00"}, 0, looks_up=True)  # nothing changed since
+
+
+@pytest.mark.slow
+def test_changed_contents_scope_checks_the_versions_whose_contents_a_build_wrote(database_url, tmp_path, monkeypatch):
+    # A daily build writes a closed version again with its contents as they were: the tests of those
+    # contents (`__changed_contents__`) check the versions whose content_changed_at is the build's.
+    one_file_source(tmp_path, monkeypatch, WORKED_EXAMPLE)
+    assert run_etl(datetime.date(2024, 3, 5)) == REPORT_2024_03_05
+    with db.transaction() as conn, conn.cursor() as cur:
+        cur.execute(
+            """
+            update dimensional.dim_user
+            set opened_by_event_id = 'no-such-event', changed_at = '2100-01-02 00:00+00',
+                content_changed_at = '2100-01-01 00:00+00'
+            where user_key = (select min(user_key) from dimensional.dim_user)
+            """
+        )
+        assert cur.rowcount == 1
+
+    def failures(build_stamp):
+        settings = {"test_scope": "changed", "build_stamp": build_stamp}
+        name = "relationships_dim_user_opened_by_event_id__event_id__ref_hist_user_event_"
+        result = dbt("test", "--select", name, dbt_vars=settings)
+        results = json.loads((transform.target_path() / "run_results.json").read_text())["results"]
+        assert len(results) == 1, result.stdout[-3000:]
+        return results[0]["failures"]
+
+    assert failures("2100-01-01 00:00+00") == 1  # its contents were written by that build
+    assert failures("2100-01-02 00:00+00") == 0  # that build only wrote the version again

@@ -1,9 +1,12 @@
 {#-
     Data tests of a build check what the build changed, so their cost follows the new data, not
-    the history. A test's `where: __changed_rows__` becomes "rows this dbt invocation wrote"
-    (changed_at), `where: __report_dates__` "rows of the build's report dates", when the pipeline's
-    build sets test_scope to changed (macros/build_settings.sql). By default (by hand, make
-    test-warehouse) every test checks every row.
+    the history. When the pipeline's build sets test_scope to changed (macros/build_settings.sql),
+    a test's `where` placeholders become:
+    - `__changed_rows__`: rows this dbt invocation wrote (changed_at);
+    - `__changed_contents__`: rows whose contents it wrote (content_changed_at), for tests of
+      columns that closing a version leaves as they were;
+    - `__report_dates__`: rows of the build's report dates.
+    By default (by hand, make test-warehouse) every test checks every row.
     dbt calls get_where_subquery to apply a test's `where`; this override fills the placeholders.
 -#}
 {% macro get_where_subquery(relation) -%}
@@ -12,6 +15,7 @@
         {{ return(relation) }}
     {%- endif -%}
     {%- set where = where | replace('__changed_rows__', changed_rows_only()) -%}
+    {%- set where = where | replace('__changed_contents__', changed_rows_only('content_changed_at')) -%}
     {%- if '__report_dates__' in where -%}
         {%- set where = where | replace('__report_dates__', report_dates_only()) -%}
     {%- endif -%}
@@ -22,9 +26,9 @@
 {%- endmacro %}
 
 
-{#- Rows this dbt invocation wrote, or every row with test_scope all. -#}
-{% macro changed_rows_only() -%}
-    {{ return('true' if build_setting('test_scope', 'all') == 'all' else "changed_at >= " ~ build_stamp()) }}
+{#- Rows this dbt invocation wrote (by `stamp_column`), or every row with test_scope all. -#}
+{% macro changed_rows_only(stamp_column='changed_at') -%}
+    {{ return('true' if build_setting('test_scope', 'all') == 'all' else stamp_column ~ " >= " ~ build_stamp()) }}
 {%- endmacro %}
 
 
