@@ -119,9 +119,9 @@ def _compile(columns) -> str:
     )
 
 
-# Text compares byte by byte (the "C" collation), whatever the server's default: the order of ids
-# and source keys is then S3's order on every server, and sorts and indexes on text skip the
-# locale's comparison (half the time of a sort of 1M ids on a C.UTF-8 server).
+# Text compares byte by byte (the "C" collation), whatever the server's default: source keys sort
+# in S3's order and ids in one order on every server, and the history's sorts and indexes on ids,
+# which inherit it, skip the locale's comparison (half the time of a sort of 1M ids on C.UTF-8).
 _COLLATE = {"text": ' collate "C"'}
 
 

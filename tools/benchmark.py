@@ -499,7 +499,8 @@ def main(argv=None) -> int:
             print(f"measuring {name} …", flush=True)
             measured = MEASUREMENTS[name](bench)
             for row in measured:
-                print(f"  {row.work}: {row.measured} (target {row.target}) {verdict(row)}", flush=True)
+                target = "" if row.ok is None else f" (target {row.target}) {verdict(row)}"
+                print(f"  {row.work}: {row.measured}{target}", flush=True)
             rows += measured
     finally:
         bench.close()
