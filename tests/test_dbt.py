@@ -66,21 +66,28 @@ def test_dbt_by_hand_reaches_the_pipeline_database_under_its_own_name(database_u
     assert " True |" in result.stdout
 
 
+def build_worked_example_with_one_row_spoiled(tmp_path, monkeypatch, update: str) -> None:
+    """The warehouse of the contract's worked example, then `update`, which must change one row."""
+    one_file_source(tmp_path, monkeypatch, WORKED_EXAMPLE)
+    assert run_etl(datetime.date(2024, 3, 5)) == REPORT_2024_03_05
+    with db.transaction() as conn, conn.cursor() as cur:
+        cur.execute(update)
+        assert cur.rowcount == 1
+
+
 @pytest.mark.slow
 def test_relationships_by_user_fails_a_key_of_another_users_version(database_url, tmp_path, monkeypatch):
     # dbt's relationships test passes a fact whose user_key names another user's version; this one
     # must not, in either of its forms: one join, or a lookup per row when the rows to check are
     # few next to dim_user (a daily build's).
-    one_file_source(tmp_path, monkeypatch, WORKED_EXAMPLE)
-    assert run_etl(datetime.date(2024, 3, 5)) == REPORT_2024_03_05
-    with db.transaction() as conn, conn.cursor() as cur:
-        cur.execute(
-            """
-            update dimensional.fac_user set user_id = user_id || '-other', changed_at = '2100-01-01 00:00+00'
-            where event_id = (select min(event_id) from dimensional.fac_user where user_key is not null)
-            """
-        )
-        assert cur.rowcount == 1
+    build_worked_example_with_one_row_spoiled(
+        tmp_path,
+        monkeypatch,
+        """
+        update dimensional.fac_user set user_id = user_id || '-other', changed_at = '2100-01-01 00:00+00'
+        where event_id = (select min(event_id) from dimensional.fac_user where user_key is not null)
+        """,
+    )
 
     def check(settings, failures, looks_up):
         result = dbt("test", "--select", "test_name:relationships_by_user", dbt_vars=settings)
@@ -103,18 +110,16 @@ def test_relationships_by_user_fails_a_key_of_another_users_version(database_url
 def test_changed_contents_scope_checks_the_versions_whose_contents_a_build_wrote(database_url, tmp_path, monkeypatch):
     # A daily build writes a closed version again with its contents as they were: the tests of those
     # contents (`__changed_contents__`) check the versions whose content_changed_at is the build's.
-    one_file_source(tmp_path, monkeypatch, WORKED_EXAMPLE)
-    assert run_etl(datetime.date(2024, 3, 5)) == REPORT_2024_03_05
-    with db.transaction() as conn, conn.cursor() as cur:
-        cur.execute(
-            """
-            update dimensional.dim_user
-            set opened_by_event_id = 'no-such-event', changed_at = '2100-01-02 00:00+00',
-                content_changed_at = '2100-01-01 00:00+00'
-            where user_key = (select min(user_key) from dimensional.dim_user)
-            """
-        )
-        assert cur.rowcount == 1
+    build_worked_example_with_one_row_spoiled(
+        tmp_path,
+        monkeypatch,
+        """
+        update dimensional.dim_user
+        set opened_by_event_id = 'no-such-event', changed_at = '2100-01-02 00:00+00',
+            content_changed_at = '2100-01-01 00:00+00'
+        where user_key = (select min(user_key) from dimensional.dim_user)
+        """,
+    )
 
     def failures(build_stamp):
         settings = {"test_scope": "changed", "build_stamp": build_stamp}
