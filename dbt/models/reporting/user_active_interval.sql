@@ -20,13 +20,16 @@
 
 -- depends_on: {{ ref('hist_user_event_partition') }}
 
+-- the event types an interval opens or closes at (an update changes no interval)
+{% set interval_event_types = ['user_created', 'user_deleted'] %}
+
 with
 
 {% if adds_to_this() %}
 
 -- the changed users with a new creation or deletion (docs.md, changed_users)
 recomputed_user as (
-    select distinct user_id from ({{ changed_users(['user_created', 'user_deleted']) }}) as changed
+    select distinct user_id from ({{ changed_users(interval_event_types) }}) as changed
 ),
 
 -- each changed user's events looked up on their own, through the index on user_id: "offset 0"
@@ -37,7 +40,9 @@ user_event as (
     from recomputed_user
     cross join lateral (
         select * from {{ ref('hist_user_event') }} as history
-        where history.user_id = recomputed_user.user_id and history.event_type in ('user_created', 'user_deleted')
+        where
+            history.user_id = recomputed_user.user_id
+            and history.event_type in {{ sql_list(interval_event_types) }}
         offset 0
     ) as user_event
 ),
@@ -46,7 +51,7 @@ user_event as (
 
 user_event as (
     select * from {{ ref('hist_user_event') }}
-    where event_type in ('user_created', 'user_deleted')
+    where event_type in {{ sql_list(interval_event_types) }}
 ),
 
 {% endif %}
