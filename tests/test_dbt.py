@@ -36,6 +36,11 @@ def dbt(*arguments, dbt_vars=None):
     return subprocess.run(command, cwd=transform.DBT_PROJECT, env=env, capture_output=True, text=True)
 
 
+def run_results() -> list:
+    """The results of the latest dbt invocation, from its run_results.json."""
+    return json.loads((transform.target_path() / "run_results.json").read_text())["results"]
+
+
 def test_every_unit_test_is_listed_here():
     found = set()
     for path in (transform.DBT_PROJECT / "models").glob("*/_models.yml"):
@@ -51,7 +56,7 @@ def test_dbt_unit_tests_pass(database_url):
     assert empty.returncode == 0, empty.stdout[-3000:]
     result = dbt("test", "--select", "test_type:unit")
     assert result.returncode == 0, result.stdout[-5000:]
-    results = json.loads((transform.target_path() / "run_results.json").read_text())["results"]
+    results = run_results()
     assert {r["unique_id"].split(".")[-1]: r["status"] for r in results} == {name: "pass" for name in UNIT_TESTS}
 
 
@@ -92,7 +97,7 @@ def test_relationships_by_user_fails_a_key_of_another_users_version(database_url
     def check(settings, failures, looks_up):
         result = dbt("test", "--select", "test_name:relationships_by_user", dbt_vars=settings)
         assert result.returncode == (1 if failures else 0), result.stdout[-3000:]
-        results = json.loads((transform.target_path() / "run_results.json").read_text())["results"]
+        results = run_results()
         assert [(r["failures"], "limit 1" in r["compiled_code"]) for r in results] == [(failures, looks_up)]
 
     changed_since = {"test_scope": "changed", "build_stamp": "2100-01-01 00:00+00"}
@@ -125,7 +130,7 @@ def test_changed_contents_scope_checks_the_versions_whose_contents_a_build_wrote
         settings = {"test_scope": "changed", "build_stamp": build_stamp}
         name = "relationships_dim_user_opened_by_event_id__event_id__ref_hist_user_event_"
         result = dbt("test", "--select", name, dbt_vars=settings)
-        results = json.loads((transform.target_path() / "run_results.json").read_text())["results"]
+        results = run_results()
         assert len(results) == 1, result.stdout[-3000:]
         return results[0]["failures"]
 
