@@ -16,7 +16,7 @@ from pathlib import Path
 
 import luigi
 
-from tasks import completion, config, console, db, processes
+from tasks import completion, config, console, db, processes, staging
 from tasks.load import LoadHistory
 from tasks.partitions import LoadedThrough, PartitionDate, dates, previous_day
 
@@ -190,6 +190,8 @@ def build(days, progress=None) -> list:
         days = sorted(set(days) - completion.BUILDS.done(days, fresh=True))  # built by another run meanwhile?
         if not days:
             return runs
+        with conn.cursor() as cur:
+            staging.summarize_date_indexes(cur)  # so that dbt, and the next loads, read by date
         points = snapshot_dates(conn, days)
         for point in points[:-1]:
             runs.append(

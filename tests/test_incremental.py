@@ -89,6 +89,9 @@ def test_daily_builds_equal_one_build_from_scratch(postgres_server, database_url
     assert query("select count(distinct changed_at) from dimensional.dim_user") == [(2,)]
     # Its dates and stamp differed from the run before's, and still dbt reused its saved parse.
     assert "PartialParsingEnabled" in last_dbt_invocation_events()
+    # Each build summarised staging's date indexes over the pages loaded since (tasks/staging.py).
+    for table in (staging.EVENTS.table, staging.ORGANIZATIONS.table):
+        assert query("select brin_summarize_new_values(%s::regclass)", (table.date_index,)) == [(0,)]
     # Ids, keys and source keys compare byte by byte (S3's order), whatever the server's collation.
     assert (
         query(

@@ -157,6 +157,14 @@ def test_reloading_a_partition_replaces_it(database_url, one_file_source):
     ]
 
 
+def test_staging_tables_skip_the_vacuum_after_inserts_alone(database_url, one_file_source):
+    # It would let the next load scatter its date over every page (tasks/staging.py, _IN_LOAD_ORDER).
+    assert run(LoadHistory(date=D3)).status == luigi.LuigiStatusCode.SUCCESS
+    for table in (staging.EVENTS.table, staging.ORGANIZATIONS.table):
+        (options,) = query("select reloptions from pg_class where oid = %s::regclass", (table.name,))[0]
+        assert "autovacuum_vacuum_insert_threshold=-1" in options
+
+
 @pytest.fixture
 def daily_source(tmp_path, monkeypatch, settings):
     source = tmp_path / "source"
