@@ -134,12 +134,15 @@ def _struct(fmt: str):
 # date, or deleting it before a load, costs that date's pages, not the whole table's.
 # - No vacuum after inserts alone. It records each page's last free bytes in the free space map,
 #   and the next COPY puts its smaller rows there: at day 30 of 200k events a day, one day's rows
-#   were spread over nearly every page, and a date's delete and read each scanned all 2 GB. Vacuum
-#   after deletes (a reload) still runs: the load after it fills the space it records, a reloaded
-#   date's pages and the scattered bytes alike, and the loads after that append again. A table made
-#   before this setting keeps its own (runbook.md, "Upgrade staging made before it kept load order").
-# - Each build summarises the page ranges written since the last, before dbt reads staging
-#   (summarize_date_indexes): a range without a summary is read by every query.
+#   were spread over nearly every page, and a date's delete and read each scanned all 2 GB. The
+#   vacuum after deletes (a reload) and the rare one against transaction id wraparound still run:
+#   the load after such a vacuum fills the space it recorded, scattered bytes included, and the
+#   loads after that append again. A table made before this setting keeps its own (runbook.md,
+#   "Upgrade staging made before it kept load order").
+# - A page range without a summary is read by every query. Autovacuum summarises each range once
+#   it is full (autosummarize), in the background; each build summarises the rest before dbt reads
+#   staging (summarize_date_indexes). Summarising in each load would read back the pages it just
+#   wrote: a quarter more time for a load of 1M rows.
 _IN_LOAD_ORDER = " with (autovacuum_vacuum_insert_threshold = -1)"
 
 
@@ -160,13 +163,12 @@ class Table:
         body = ",\n    ".join(
             f"{column.name} {column.type}{_COLLATE.get(column.type, '')} not null" for column in self.columns
         )
-        if not self.in_load_order:
-            return f"create table if not exists {self.name} (\n    {body}\n);\n{self.index}"
-        index = self.date_index.split(".")[1]
-        return (
-            f"create table if not exists {self.name} (\n    {body}\n){_IN_LOAD_ORDER};\n"
-            f"create index if not exists {index} on {self.name} using brin (date);\n{self.index}"
-        )
+        options = _IN_LOAD_ORDER if self.in_load_order else ""
+        ddl = f"create table if not exists {self.name} (\n    {body}\n){options};\n"
+        if self.in_load_order:
+            index = self.date_index.split(".")[1]  # created in the table's schema
+            ddl += f"create index if not exists {index} on {self.name} using brin (date) with (autosummarize = on);\n"
+        return ddl + self.index
 
     @property
     def date_index(self) -> str:
@@ -282,12 +284,9 @@ DDL = "create schema if not exists staging;\ncreate sequence if not exists stagi
 
 
 def summarize_date_indexes(cur) -> None:
-    """Summarise each date index over the pages written since it was last summarised (_IN_LOAD_ORDER).
-
-    The build does it, not each load: reading back the pages a load just wrote would cost the load
-    about a tenth more (0.3 s per 1M rows), and a load's delete of its date only needs the ranges of
-    the dates before, summarised by the build after them. Each call is a short transaction of its
-    own: the lock it takes stops no COPY."""
+    """Summarise each date index over the pages not summarised yet (_IN_LOAD_ORDER); the build calls
+    it before dbt reads staging. Needs the tables' owner (the pipeline, which made them). Its lock
+    (share update exclusive, for the call only) lets COPY and reads go on; a load's DDL waits for it."""
     for dataset in DATASETS:
         if dataset.table.in_load_order:
             # to_regclass: null, and nothing to do, before the first load made the table

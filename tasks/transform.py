@@ -219,7 +219,8 @@ def build(days, progress=None) -> list:
             arguments += ["--exclude", SNAPSHOT]
         runs.append(_checked(invoke(conn, arguments, settings, log_path, progress)))
         results = json.dumps(results_summary(runs))
-        with conn.cursor() as cur:
+        conn.autocommit = False  # one transaction: ensure_tables' lock is held until its DDL ran
+        with conn, conn.cursor() as cur:
             completion.ensure_tables(cur)
             # One statement: every date of the build gets the same built_at, the summary counts it once.
             cur.execute(
