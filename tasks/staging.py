@@ -5,7 +5,8 @@ its partition ledger, the load's completion record that dbt reads as a source.
 Rows are written in COPY's binary format: nothing to escape, and the server stores dates, numbers
 and timestamps without parsing text (a fifth less of its time per row than the text format).
 
-Reads nothing; `ensure_tables` writes the DDL of the `staging` schema.
+Reads nothing; `ensure_tables` writes the DDL of the `staging` schema, `summarize_date_indexes` the
+summaries of its date indexes.
 """
 
 import datetime

@@ -1,7 +1,8 @@
 """Transform: one `dbt build` of the warehouse layers for a batch of report dates, one build at a time.
 
 Reads the staging partitions (through tasks.load's ledgers) and the dbt project in `dbt/`; writes
-the `historical`, `snapshots`, `dimensional` and `reporting` schemas through dbt, dbt's log under
+the summaries of staging's date indexes before dbt reads it, the `historical`, `snapshots`,
+`dimensional` and `reporting` schemas through dbt, dbt's log under
 `<data_dir>/logs/`, and one `etl.build` record per report date once its build passed. Progress and
 results come from dbt's structured interface (`--log-format json` events and `run_results.json`).
 """
