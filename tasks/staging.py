@@ -151,8 +151,7 @@ _IN_LOAD_ORDER = " with (autovacuum_vacuum_insert_threshold = -1)"
 class Table:
     name: str
     columns: tuple
-    index: str = ""  # extra DDL after the table (indexes)
-    in_load_order: bool = False  # loaded and read by date, with a BRIN index on it (_IN_LOAD_ORDER)
+    in_load_order: bool = False  # kept in load order, its date index a BRIN one (_IN_LOAD_ORDER); else a B-tree
     bind: object = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -165,11 +164,13 @@ class Table:
             f"{column.name} {column.type}{_COLLATE.get(column.type, '')} not null" for column in self.columns
         )
         options = _IN_LOAD_ORDER if self.in_load_order else ""
-        ddl = f"create table if not exists {self.name} (\n    {body}\n){options};\n"
+        return f"create table if not exists {self.name} (\n    {body}\n){options};\n"
+
+    def date_index_ddl(self) -> str:
+        index = self.date_index.split(".")[1]  # created in the table's schema
         if self.in_load_order:
-            index = self.date_index.split(".")[1]  # created in the table's schema
-            ddl += f"create index if not exists {index} on {self.name} using brin (date) with (autosummarize = on);\n"
-        return ddl + self.index
+            return f"create index {index} on {self.name} using brin (date) with (autosummarize = on)"
+        return f"create index {index} on {self.name} (date)"
 
     @property
     def date_index(self) -> str:
@@ -204,7 +205,6 @@ def _rejected(table: str) -> Table:
             Column("reason", "text", "line.reason"),
             LOAD_ID,
         ),
-        f"create index if not exists {table.split('.')[1]}_rejected_date_idx on {table}_rejected (date);\n",
     )
 
 
@@ -278,6 +278,7 @@ ORGANIZATIONS = Dataset(
     unique_field="organization_key",
 )
 DATASETS = (EVENTS, ORGANIZATIONS)
+TABLES = tuple(table for dataset in DATASETS for table in (dataset.table, dataset.rejected))
 
 DDL = "create schema if not exists staging;\ncreate sequence if not exists staging.load_id_seq;\n" + "".join(
     dataset.table.ddl() + dataset.rejected.ddl() + dataset.ledger_ddl() for dataset in DATASETS
@@ -287,15 +288,22 @@ DDL = "create schema if not exists staging;\ncreate sequence if not exists stagi
 def summarize_date_indexes(cur) -> None:
     """Summarise each date index over the pages not summarised yet (_IN_LOAD_ORDER); the build calls
     it before dbt reads staging. Needs the tables' owner (the pipeline, which made them). Its lock
-    (share update exclusive, for the call only) lets COPY and reads go on; a load's DDL waits for it."""
-    for dataset in DATASETS:
-        if dataset.table.in_load_order:
+    (share update exclusive, for the call only) lets loads and reads go on."""
+    for table in TABLES:
+        if table.in_load_order:
             # to_regclass: null, and nothing to do, before the first load made the table
-            cur.execute("select brin_summarize_new_values(to_regclass(%s))", (dataset.table.date_index,))
+            cur.execute("select brin_summarize_new_values(to_regclass(%s))", (table.date_index,))
 
 
 def ensure_tables(conn) -> None:
-    """Create the staging schema, its tables and ledgers when missing (serialised: concurrent DDL collides)."""
+    """Create the staging schema, its tables, date indexes and ledgers when missing (serialised:
+    concurrent DDL collides)."""
     with conn.cursor() as cur:
         db.lock(cur, "etl.ddl")
         cur.execute(DDL)
+        for table in TABLES:
+            # Only when missing: `create index if not exists` takes its share lock before it looks,
+            # so it would wait for every load of the table still open, and each load runs this.
+            cur.execute("select to_regclass(%s)", (table.date_index,))
+            if cur.fetchone()[0] is None:
+                cur.execute(table.date_index_ddl())

@@ -14,7 +14,7 @@ import luigi
 import psycopg2
 import pytest
 
-from tasks import extract, overwrite, staging
+from tasks import db, extract, overwrite, staging
 from tasks.load import LoadEvents, LoadFailed, LoadHistory, load_partitions
 
 from conftest import ROOT, query, run_cli, write_lines
@@ -163,6 +163,21 @@ def test_staging_tables_skip_the_vacuum_after_inserts_alone(database_url, one_fi
     for table in (staging.EVENTS.table, staging.ORGANIZATIONS.table):
         (options,) = query("select reloptions from pg_class where oid = %s::regclass", (table.name,))[0]
         assert "autovacuum_vacuum_insert_threshold=-1" in options
+
+
+def test_a_load_does_not_wait_for_the_loads_still_open(database_url):
+    # Every load starts with staging.ensure_tables; it must not queue behind another load's open
+    # COPY (of any dataset), or loads of different dates and datasets would run one at a time.
+    with db.transaction() as first:
+        staging.ensure_tables(first)
+    with db.transaction() as open_load, open_load.cursor() as cur:
+        for table in staging.TABLES:
+            cur.execute(f"lock table {table.name} in row exclusive mode")  # what a COPY holds
+        with db.transaction() as second, second.cursor() as cur:
+            cur.execute("set local lock_timeout = '100ms'")  # fails at once rather than waits
+            staging.ensure_tables(second)
+            cur.execute("select count(*) from pg_indexes where schemaname = 'staging' and indexname like '%date_idx'")
+            assert cur.fetchone()[0] == len(staging.TABLES)
 
 
 @pytest.fixture
