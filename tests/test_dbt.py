@@ -108,6 +108,11 @@ def test_relationships_by_user_fails_a_key_of_another_users_version(database_url
             cur.execute("insert into dimensional.dim_user select * from dimensional.dim_user")
         cur.execute("analyze dimensional.dim_user")
     check(changed_since, 1, looks_up=True)
+    # Rows whose parent the build wrote too are joined to those parent rows, not looked up; the
+    # other user's version is among them now, and must not pass the row either.
+    with db.transaction() as conn, conn.cursor() as cur:
+        cur.execute("update dimensional.dim_user set changed_at = '2100-01-01 00:00+00'")
+    check(changed_since, 1, looks_up=True)
     check({**changed_since, "build_stamp": "2100-01-02 00:00+00"}, 0, looks_up=True)  # nothing changed since
 
 
