@@ -95,7 +95,8 @@ def test_relationships_by_user_fails_a_key_of_another_users_version(database_url
     )
 
     def check(settings, failures, looks_up):
-        result = dbt("test", "--select", "test_name:relationships_by_user", dbt_vars=settings)
+        name = "relationships_by_user_fac_user_user_key__user_key__ref_dim_user_"
+        result = dbt("test", "--select", name, dbt_vars=settings)
         assert result.returncode == (1 if failures else 0), result.stdout[-3000:]
         results = run_results()
         assert [(r["failures"], "limit 1" in r["compiled_code"]) for r in results] == [(failures, looks_up)]
@@ -133,7 +134,7 @@ def test_changed_contents_scope_checks_the_versions_whose_contents_a_build_wrote
 
     def failures(build_stamp):
         settings = {"test_scope": "changed", "build_stamp": build_stamp}
-        name = "relationships_dim_user_opened_by_event_id__event_id__ref_hist_user_event_"
+        name = "relationships_by_user_dim_user_opened_by_event_id__event_id__ref_hist_user_event_"
         result = dbt("test", "--select", name, dbt_vars=settings)
         results = run_results()
         assert len(results) == 1, result.stdout[-3000:]
