@@ -5,8 +5,8 @@ its partition ledger, the load's completion record that dbt reads as a source.
 Rows are written in COPY's binary format: nothing to escape, and the server stores dates, numbers
 and timestamps without parsing text (a fifth less of its time per row than the text format).
 
-Reads nothing; `ensure_tables` writes the DDL of the `staging` schema, `summarize_date_indexes` the
-summaries of its date indexes.
+Reads only the catalog; `ensure_tables` writes the DDL of the `staging` schema,
+`summarize_date_indexes` the summaries of its date indexes.
 """
 
 import datetime
@@ -304,6 +304,8 @@ def ensure_tables(conn) -> None:
         for table in TABLES:
             # Only when missing: `create index if not exists` takes its share lock before it looks,
             # so it would wait for every load of the table still open, and each load runs this.
+            # (An index dropped by hand is made again here, waiting for open loads; one of another
+            # shape under the same name is kept.)
             cur.execute("select to_regclass(%s)", (table.date_index,))
             if cur.fetchone()[0] is None:
                 cur.execute(table.date_index_ddl())

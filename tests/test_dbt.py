@@ -99,7 +99,7 @@ def test_relationships_by_user_fails_a_key_of_another_users_version(database_url
         result = dbt("test", "--select", name, dbt_vars=settings)
         assert result.returncode == (1 if failures else 0), result.stdout[-3000:]
         results = run_results()
-        assert [(r["failures"], "limit 1" in r["compiled_code"]) for r in results] == [(failures, looks_up)]
+        assert [(r["failures"], "as materialized" in r["compiled_code"]) for r in results] == [(failures, looks_up)]
 
     changed_since = {"test_scope": "changed", "build_stamp": "2100-01-01 00:00+00"}
     check({"test_scope": "all"}, 1, looks_up=False)
@@ -110,10 +110,17 @@ def test_relationships_by_user_fails_a_key_of_another_users_version(database_url
         cur.execute("analyze dimensional.dim_user")
     check(changed_since, 1, looks_up=True)
     # Rows whose parent the build wrote too are joined to those parent rows, not looked up; the
-    # other user's version is among them now, and must not pass the row either.
+    # other user's version is among them now, and must not pass the row either, nor must a fact
+    # of a user with versions there that names none of them.
     with db.transaction() as conn, conn.cursor() as cur:
         cur.execute("update dimensional.dim_user set changed_at = '2100-01-01 00:00+00'")
-    check(changed_since, 1, looks_up=True)
+        cur.execute(
+            """
+            update dimensional.fac_user set user_key = 'no-such-version', changed_at = '2100-01-01 00:00+00'
+            where event_id = (select max(event_id) from dimensional.fac_user where user_key is not null)
+            """
+        )
+    check(changed_since, 2, looks_up=True)
     check({**changed_since, "build_stamp": "2100-01-02 00:00+00"}, 0, looks_up=True)  # nothing changed since
 
 

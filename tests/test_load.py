@@ -176,8 +176,12 @@ def test_a_load_does_not_wait_for_the_loads_still_open(database_url):
         with db.transaction() as second, second.cursor() as cur:
             cur.execute("set local lock_timeout = '100ms'")  # fails at once rather than waits
             staging.ensure_tables(second)
-            cur.execute("select count(*) from pg_indexes where schemaname = 'staging' and indexname like '%date_idx'")
-            assert cur.fetchone()[0] == len(staging.TABLES)
+            cur.execute("select schemaname || '.' || indexname, indexdef from pg_indexes where schemaname = 'staging'")
+            definitions = dict(cur.fetchall())
+    for table in staging.TABLES:
+        kind = "USING brin (date) WITH (autosummarize='on')" if table.in_load_order else "USING btree (date)"
+        assert definitions[table.date_index].endswith(kind)
+    assert staging.EVENTS.table.in_load_order and not staging.EVENTS.rejected.in_load_order
 
 
 @pytest.fixture
