@@ -148,17 +148,54 @@
     the chains from these rows and writes each of them again, so replace_keys deletes them where
     they are stored (model config `stages_current_versions`) instead of looking their keys up among
     millions of rows. After a rework the pre-hook before it emptied the model: nothing to stage.
+
+    A day touches about as many users however long the history, but dim_user keeps every version,
+    so a scan of it grows with each day kept. Once the table has more pages than the day has users
+    (a lookup reads about one page, a scan every page), the pre-hook looks each user's current
+    version up instead, in a partial index of the current versions it makes the first time. The
+    lookups are a lateral subquery kept from becoming a join ("offset 0"): the planner, misled by
+    `user_id`'s statistics over all versions, would scan (docs/performance-notes.md).
 -#}
 {% macro stage_current_versions() %}
     {%- if execute and is_incremental() -%}
+        {%- if looks_up_current_versions() %}
+        create index if not exists {{ this.identifier }}__current_user_id on {{ this }} (user_id) where is_current;
+        create temporary table {{ current_version_table() }} on commit drop as
+        select current_version.*
+        from (
+            select distinct changed.user_id from ({{ changed_users(lifecycle_event_types()) }}) as changed
+        ) as changed_user
+        cross join lateral (
+            select stored.ctid as stored_ctid, stored.*
+            from {{ this }} as stored
+            where stored.user_id = changed_user.user_id and stored.is_current
+            offset 0
+        ) as current_version;
+        {%- else %}
         create temporary table {{ current_version_table() }} on commit drop as
         select stored.ctid as stored_ctid, stored.*
         from {{ this }} as stored
         where
             stored.is_current
             and {{ changed_user('stored.user_id', lifecycle_event_types()) }};
+        {%- endif %}
         analyze {{ current_version_table() }}
     {%- endif -%}
+{% endmacro %}
+
+
+{#- Whether stage_current_versions looks the changed users up: when this build adds to dim_user and
+    the table has more pages than the build has changed users. -#}
+{% macro looks_up_current_versions() %}
+    {%- if not adds_to_this() -%}
+        {{ return(false) }}
+    {%- endif -%}
+    {%- set query -%}
+        select
+            (select relpages from pg_class where oid = to_regclass('{{ this.include(database=false) }}'))
+            > (select count(distinct changed.user_id) from ({{ changed_users(lifecycle_event_types()) }}) as changed)
+    {%- endset -%}
+    {{ return(run_query(query).columns[0].values()[0]) }}
 {% endmacro %}
 
 
