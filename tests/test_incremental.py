@@ -46,16 +46,19 @@ def daily_source(folder):
     (folder / "orgs.json").write_bytes((ROOT / "data" / "orgs_sample.json").read_bytes())
 
 
-def contents(table: str, order: str) -> list:
-    columns = [
+def column_names(table: str) -> list:
+    return [
         name
         for (name,) in query(
             "select column_name from information_schema.columns where table_schema || '.' || table_name = %s"
             " order by ordinal_position",
             (table,),
         )
-        if name not in BOOKKEEPING
     ]
+
+
+def contents(table: str, order: str) -> list:
+    columns = [name for name in column_names(table) if name not in BOOKKEEPING]
     return query(f"select {', '.join(columns)} from {table} order by {order}")
 
 
@@ -68,13 +71,7 @@ def last_dbt_invocation_events() -> set:
 
 def pad_dim_user(copies: int) -> None:
     """Copies of dim_user's closed versions under users of their own ('padding-…'), then analyze."""
-    columns = [
-        name
-        for (name,) in query(
-            "select column_name from information_schema.columns"
-            " where table_schema = 'dimensional' and table_name = 'dim_user' order by ordinal_position"
-        )
-    ]
+    columns = column_names("dimensional.dim_user")
     made = {"user_key": "'padding-' || n || '-' || user_key", "user_id": "'padding-' || n"}
     with db.transaction() as conn, conn.cursor() as cur:
         cur.execute(
