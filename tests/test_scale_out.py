@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 
@@ -97,6 +98,11 @@ def test_workers_without_a_shared_disk_finish_a_backfill_when_one_is_killed(
                     stderr=subprocess.DEVNULL,
                 )
             )
+        # Both assistants must be asking luigid for work before the backfill is scheduled; on a loaded
+        # machine one still importing would otherwise see every task taken.
+        while not all(any(f"pid={w.pid}" in entry["name"] for entry in api(port, "worker_list")) for w in workers):
+            assert all(w.poll() is None for w in workers), "a worker exited before it joined luigid"
+            time.sleep(0.05)  # poll interval of a condition on luigid's state
         driver_env = {**os.environ, "ETL_DATA_DIR": str(tmp_path / "driver")}
         driver = subprocess.Popen(
             [sys.executable, "-m", "tasks", "backfill", str(DAYS[0]), str(DAYS[-1])],
@@ -106,16 +112,18 @@ def test_workers_without_a_shared_disk_finish_a_backfill_when_one_is_killed(
             stderr=subprocess.STDOUT,
             text=True,
         )
-        # Kill worker one as soon as it runs a task (a condition on luigid's state, not a delay).
-        victim, killed_mid_task = workers[0], False
-        while driver.poll() is None and not killed_mid_task:
-            running = api(port, "task_list", status="RUNNING")
-            if any(f"pid={victim.pid}" in (task.get("worker_running") or "") for task in running.values()):
-                victim.send_signal(signal.SIGKILL)
-                killed_mid_task = True
+        # Kill whichever worker runs a task first (a condition on luigid's state, not a delay).
+        victim = None
+        while driver.poll() is None and victim is None:
+            running_tasks = api(port, "task_list", status="RUNNING").values()
+            running = " ".join(task.get("worker_running") or "" for task in running_tasks)
+            victim = next((w for w in workers if f"pid={w.pid}" in running), None)
+        if victim is not None:
+            victim.send_signal(signal.SIGKILL)
         output, _ = driver.communicate(timeout=600)
         assert driver.returncode == 0, output[-3000:]
-        assert killed_mid_task, "worker one never ran a task: nothing was killed mid-run"
+        assert victim is not None, "no worker ran a task: nothing was killed mid-run"
+        survivor = "two" if victim is workers[0] else "one"
     finally:
         for worker in workers:
             worker.kill()
@@ -132,7 +140,7 @@ def test_workers_without_a_shared_disk_finish_a_backfill_when_one_is_killed(
     ]
     # The surviving worker ran tasks of the backfill too (its own log says so), and no download was
     # landed on any disk: an S3 source is read in place by whichever worker loads it.
-    (log,) = (tmp_path / "worker-two" / "logs").glob("run-*.log")
+    (log,) = (tmp_path / f"worker-{survivor}" / "logs").glob("run-*.log")
     assert " done " in log.read_text()
     assert not any((tmp_path / place / "raw").exists() for place in ("driver", "worker-one", "worker-two"))
 
