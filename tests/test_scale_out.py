@@ -123,7 +123,10 @@ def test_workers_without_a_shared_disk_finish_a_backfill_when_one_is_killed(
         output, _ = driver.communicate(timeout=600)
         assert driver.returncode == 0, output[-3000:]
         assert victim is not None, "no worker ran a task: nothing was killed mid-run"
-        survivor = "two" if victim is workers[0] else "one"
+        # The other worker kept serving luigid to the end. Whether it also ran tasks is luigid's
+        # choice between it and the driver, which takes tasks too, so it is not asserted.
+        (survivor,) = [w for w in workers if w is not victim]
+        assert survivor.poll() is None
     finally:
         for worker in workers:
             worker.kill()
@@ -138,10 +141,7 @@ def test_workers_without_a_shared_disk_finish_a_backfill_when_one_is_killed(
     assert query("select date, count(distinct load_id), count(*) from staging.event group by 1 order by 1") == [
         (day, 1, len(day_events(day))) for day in DAYS
     ]
-    # The surviving worker ran tasks of the backfill too (its own log says so), and no download was
-    # landed on any disk: an S3 source is read in place by whichever worker loads it.
-    (log,) = (tmp_path / f"worker-{survivor}" / "logs").glob("run-*.log")
-    assert " done " in log.read_text()
+    # No download was landed on any disk: an S3 source is read in place by whichever worker loads it.
     assert not any((tmp_path / place / "raw").exists() for place in ("driver", "worker-one", "worker-two"))
 
 
