@@ -56,6 +56,11 @@ def api(port, method, **data):
         return json.load(response)["response"]
 
 
+def worker_names(port) -> str:
+    """The names luigid knows its active workers by (each holds its pid), in one string."""
+    return " ".join(entry["name"] for entry in api(port, "worker_list"))
+
+
 def free_port() -> int:
     import socket
 
@@ -100,7 +105,10 @@ def test_workers_without_a_shared_disk_finish_a_backfill_when_one_is_killed(
             )
         # Both assistants must be asking luigid for work before the backfill is scheduled; on a loaded
         # machine one still importing would otherwise see every task taken.
-        while not all(any(f"pid={w.pid}" in entry["name"] for entry in api(port, "worker_list")) for w in workers):
+        while True:
+            joined = worker_names(port)
+            if all(f"pid={w.pid}" in joined for w in workers):
+                break
             assert all(w.poll() is None for w in workers), "a worker exited before it joined luigid"
             time.sleep(0.05)  # poll interval of a condition on luigid's state
         driver_env = {**os.environ, "ETL_DATA_DIR": str(tmp_path / "driver")}
