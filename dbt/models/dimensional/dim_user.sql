@@ -154,7 +154,8 @@ ordered_version as (
 -- "last non-absent value" in one pass: each setting event writes its version number (zero-padded,
 -- so text order is version order) in front of its value ('=' value, or '~' for a null it sets);
 -- the running max over the versions so far is the latest setting event's, and every later version
--- inherits it. One window, one sort, whatever the number of attributes.
+-- inherits it. One window, one sort, whatever the number of attributes. The window orders by the
+-- columns version_number counts in, not by the number, so a first build sorts once for both.
 latest_setting as (
     select
         user_id,
@@ -164,6 +165,8 @@ latest_setting as (
         partition_date,
         version_number,
         content_changed_at,
+        -- the next version's start closes this one; lead ignores the frame, so it shares this pass
+        lead(received_at) over user_history as valid_to,
         max(case when sets_organization_key then {{ versioned('organization_key') }} end) over user_history
             as latest_organization_key,
         max(case when sets_username then {{ versioned('username') }} end) over user_history as latest_username,
@@ -173,7 +176,7 @@ latest_setting as (
         max(case when status_set is not null then {{ versioned('status_set') }} end) over user_history
             as latest_status
     from ordered_version
-    window user_history as (partition by user_id order by version_number rows unbounded preceding)
+    window user_history as (partition by user_id order by received_at, event_rank, event_id rows unbounded preceding)
 ),
 
 filled_version as (
@@ -185,6 +188,7 @@ filled_version as (
         partition_date,
         version_number,
         content_changed_at,
+        valid_to,
         {{ unversioned('latest_organization_key') }} as organization_key,
         {{ unversioned('latest_username') }} as username,
         {{ unversioned('latest_user_email') }} as user_email,
@@ -206,14 +210,13 @@ final as (
         user_email,
         user_type,
         status,
-        lead(received_at) over user_versions is null as is_current,
+        valid_to is null as is_current,
         received_at as valid_from,
-        lead(received_at) over user_versions as valid_to,
+        valid_to,
         partition_date,
         {{ build_stamp() }} as changed_at,
         content_changed_at
     from filled_version
-    window user_versions as (partition by user_id order by version_number)
 )
 
 select * from final
