@@ -88,7 +88,7 @@ test-fast: setup-dev ## the tests without the end-to-end runs (under a minute)
 	$(PY) -m pytest -m "not slow"
 
 test-warehouse: setup ## every dbt data test on every row of the warehouse (a build checks only what it changed)
-	@$(PY) -m tasks dbt test --exclude-resource-type unit_test --vars '{test_scope: all}'
+	@$(PY) -m tasks test-warehouse
 
 lint: setup-dev ## ruff (lint and format) and sqlfluff over dbt/
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && (cd dbt && ../$(VENV)/bin/sqlfluff lint .)

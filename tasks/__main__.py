@@ -3,7 +3,8 @@
 Reads the command line and the configuration; runs Luigi (on luigid at [core] scheduler_host:port
 when it answers, else on the local scheduler) and exits with Luigi's [retcode] code. Each run is
 recorded in `etl.run` and logs to `<data_dir>/logs/run-<UTC start>-<pid>.log`; the terminal gets a line per
-stage and a summary (tasks.console). Input mistakes get one line on stderr and exit code 2.
+stage and a summary (tasks.console). Input mistakes get one line on stderr and exit code 2. A
+backfill ends with every dbt data test on every row (`test-warehouse`).
 """
 
 import argparse
@@ -184,9 +185,31 @@ def parse_args(argv):
     commands.add_parser("luigid-start", help="start the central scheduler and web UI in the background")
     commands.add_parser("luigid-stop", help="stop the central scheduler this project started")
     commands.add_parser("runs", help="the recent runs with their durations")
+    commands.add_parser("test-warehouse", help="every dbt data test on every row of the warehouse")
     dbt = commands.add_parser("dbt", help="run any dbt command against the pipeline's database")
     dbt.add_argument("arguments", nargs=argparse.REMAINDER)
     return parser.parse_args(argv)
+
+
+def check_warehouse(run_started_at=None) -> int:
+    """Every data test on every row (`make test-warehouse`; a backfill ends with it): 0, or
+    Luigi's task_failed code with one FAILED line per failing test. For a run that started at
+    `run_started_at` on a warehouse no build had written, its own builds wrote every row and tested
+    what they wrote: nothing is left to check."""
+    from tasks import transform
+
+    if run_started_at and not transform.built_before(run_started_at):
+        console.say("warehouse tests: every row comes from this run's builds, which tested what they wrote")
+        return 0
+    console.say("testing every row of the warehouse: every dbt data test")
+    run = transform.check_warehouse()
+    if run.returncode == 0:
+        console.say(f"warehouse tests: {transform.status_counts([run])}")
+        return 0
+    for line in transform.failures(run) or [f"dbt test exited {run.returncode}"]:
+        console.say(f"FAILED test-warehouse: {line}")
+    console.say(f"       details: {run.log_path}")
+    return luigi.retcodes.retcode().task_failed
 
 
 def check_dates(args) -> str:
@@ -228,6 +251,8 @@ def main(argv=None) -> int:
             from tasks import transform
 
             return transform.run_by_hand(args.arguments)
+        if args.command == "test-warehouse":
+            return check_warehouse()
         problem = "" if args.command == "worker" else check_dates(args)
         if problem:
             print(f"error: {problem}", file=sys.stderr)
@@ -296,15 +321,21 @@ def run_tasks(args, first, last, scheduler_args, started_at, ended: dict) -> int
         if len(days) > 1:
             task = ["RebuildReports", "--dates", json.dumps([day.isoformat() for day in days])]
             root = workflows.RebuildReports([day.isoformat() for day in days])
+    tasks_done = False
     try:
         code = run_luigi(task, args.workers, scheduler_args, root)
+        tasks_done = code == 0
+        if tasks_done and args.command == "backfill":
+            # Its builds tested the rows they wrote; a backfill ends with a check of every row.
+            code = check_warehouse(started_at)
         outcome = "done" if code == 0 else f"failed (exit {code})"
     except KeyboardInterrupt:
         code, outcome = INTERRUPTED, "interrupted"
     ended["code"] = code
     result = ended["result"] = console.summary(days, started_at)
     reports = []
-    if code == 0 and args.command in ("run-etl", "backfill"):
+    # The reports are made once the tasks are done, whatever the closing check of a backfill found.
+    if tasks_done and args.command in ("run-etl", "backfill"):
         paths = export.deliver(days)
         reports = [
             (path, console.report_rows(path)) for path in (paths[:1] if args.command == "run-etl" else paths[-1:])

@@ -242,17 +242,52 @@ def results_summary(runs) -> dict:
         for result in run.results:
             statuses[result["status"]] = statuses.get(result["status"], 0) + 1
             if result["status"] == "warn":
-                # unique_id is resource.package.name[.hash]: the name says which check it is
-                name = result["unique_id"].split(".")[2]
-                failures = result.get("failures")
-                message = f"{failures} row(s) found" if failures is not None else (result.get("message") or "")
-                warnings.append({"node": name, "message": message.strip()})
+                warnings.append({"node": _node(result), "message": _finding(result)})
     return {"statuses": statuses, "warnings": warnings}
+
+
+def status_counts(runs) -> str:
+    """The runs' node counts by status, e.g. `40 PASS, 2 WARN`."""
+    statuses = results_summary(runs)["statuses"]
+    return ", ".join(f"{count} {status.upper()}" for status, count in sorted(statuses.items()))
+
+
+def _node(result) -> str:
+    # unique_id is resource.package.name[.hash]: the name says which check it is
+    return result["unique_id"].split(".")[2]
+
+
+def _finding(result) -> str:
+    """What a node's result says: the rows a test found, else dbt's message."""
+    found = result.get("failures")
+    return f"{found} row(s) found" if found else (result.get("message") or result["status"]).strip()
+
+
+def check_warehouse() -> DbtRun:
+    """Every data test on every row of the warehouse (test_scope all): `make test-warehouse`, and the
+    end of a backfill into a warehouse earlier builds wrote. A build tests only the rows it wrote;
+    this also sees what went wrong in rows written before. Under the build lock, so it never reads a
+    build half done."""
+    log_path = config.data_dir() / "logs" / "dbt_test_warehouse.log"
+    with dbt_lock() as conn:
+        return invoke(conn, ["test", *BUILD_OPTIONS], {"test_scope": "all"}, log_path)
+
+
+def built_before(moment) -> bool:
+    """Whether etl.build records a build before `moment` (by the database's clock)."""
+    with db.transaction() as conn, conn.cursor() as cur:
+        cur.execute("select exists (select from etl.build where built_at < %s)", (moment,))
+        return cur.fetchone()[0]
+
+
+def failures(run: DbtRun) -> list:
+    """One line per failed node of the run: its name and what it found."""
+    return [f"{_node(result)}: {_finding(result)}" for result in run.problems()]
 
 
 def _checked(run: DbtRun) -> DbtRun:
     if run.returncode != 0:
-        problems = "; ".join(f"{r['unique_id']}: {(r.get('message') or r['status']).strip()}" for r in run.problems())
+        problems = "; ".join(failures(run))
         raise DbtFailed(f"dbt build failed (exit {run.returncode}): {problems or 'see the log'}. Log: {run.log_path}")
     return run
 
@@ -290,7 +325,7 @@ class BuildWarehouse(luigi.Task):
 
         runs = build(list(dates(self)), progress)
         summary = results_summary(runs)
-        counts = ", ".join(f"{count} {status.upper()}" for status, count in sorted(summary["statuses"].items()))
+        counts = status_counts(runs)
         warned = "; ".join(f"{w['node']}: {w['message']}" for w in summary["warnings"])
         self.set_status_message(f"dbt: {counts}" + (f"; warnings: {warned}" if warned else ""))
         self.summary = f"built the warehouse for {console.span(dates(self))}: dbt {counts or 'nothing to do'}"

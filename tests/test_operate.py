@@ -69,6 +69,8 @@ def test_luigid_backfill_history_and_clean(database_url, worked_example, setting
         result = run_cli("backfill", "2024-03-05", "2024-03-06", "--workers", "2")
         assert result.returncode == 0, result.stderr[-3000:]
         assert "using the local scheduler" not in result.stderr
+        # A first backfill: its builds wrote every row and tested it, so no second pass over them.
+        assert "warehouse tests: every row comes from this run's builds" in result.stdout
         done = api(port, "task_list", status="DONE")
         assert {"RunEtl(date=2024-03-05)", "RunEtl(date=2024-03-06)"} <= {
             task["display_name"] for task in done.values()
@@ -133,6 +135,28 @@ def test_force_reloads_a_date_and_invalidates_later_reports(database_url, worked
     # The later report saw 03-04, so the same run rebuilt it: no stale report is left.
     assert (worked_example.parent / "work" / "reports" / "cohort_summary_2024-03-05.csv").read_text() == expected
     assert run_cli("run-etl", "2024-03-05").stdout.endswith(expected)
+
+
+def test_a_backfill_ends_with_every_data_test_on_every_row(database_url, worked_example):
+    assert run_cli("run-etl", "2024-03-05").returncode == 0
+    # A row gone wrong that the next build does not write: its own tests check only what it wrote.
+    with db.transaction() as conn, conn.cursor() as cur:
+        cur.execute("insert into dimensional.fac_user select * from dimensional.fac_user limit 1")
+    result = run_cli("backfill", "2024-03-06", "2024-03-06")
+    assert result.returncode == 30, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "FAILED test-warehouse: unique_fac_user_event_id: 1 row(s) found" in result.stdout
+    assert "dbt_test_warehouse.log" in result.stdout
+    assert query("select count(*) from etl.build where run_date = '2024-03-06'") == [(1,)]
+    assert (worked_example.parent / "work" / "reports" / "cohort_summary_2024-03-06.csv").exists()
+
+    with db.transaction() as conn, conn.cursor() as cur:
+        cur.execute(
+            "delete from dimensional.fac_user where ctid in (select ctid from (select ctid, row_number() over"
+            " (partition by event_id order by ctid) as copy from dimensional.fac_user) as numbered where copy > 1)"
+        )
+    checked = run_cli("test-warehouse")
+    assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-3000:]
+    assert "warehouse tests: " in checked.stdout and " PASS" in checked.stdout and "FAILED" not in checked.stdout
 
 
 def test_every_build_of_a_backfill_waits_for_its_whole_range():
