@@ -4,7 +4,8 @@ Reads the command line and the configuration; runs Luigi (on luigid at [core] sc
 when it answers, else on the local scheduler) and exits with Luigi's [retcode] code. Each run is
 recorded in `etl.run` and logs to `<data_dir>/logs/run-<UTC start>-<pid>.log`; the terminal gets a line per
 stage and a summary (tasks.console). Input mistakes get one line on stderr and exit code 2. A
-backfill ends with every dbt data test on every row (`test-warehouse`).
+backfill into a warehouse that earlier builds wrote ends with every dbt data test on every row
+(`test-warehouse`).
 """
 
 import argparse
