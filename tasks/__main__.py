@@ -192,7 +192,7 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def check_warehouse(run_started_at=None) -> int:
+def run_warehouse_tests(run_started_at=None) -> int:
     """Every data test on every row (`make test-warehouse`; a backfill ends with it): 0, or
     Luigi's task_failed code with one FAILED line per failing test. For a run that started at
     `run_started_at` on a warehouse no build had written, its own builds wrote every row and tested
@@ -253,7 +253,7 @@ def main(argv=None) -> int:
 
             return transform.run_by_hand(args.arguments)
         if args.command == "test-warehouse":
-            return check_warehouse()
+            return run_warehouse_tests()
         problem = "" if args.command == "worker" else check_dates(args)
         if problem:
             print(f"error: {problem}", file=sys.stderr)
@@ -328,7 +328,7 @@ def run_tasks(args, first, last, scheduler_args, started_at, ended: dict) -> int
         tasks_done = code == 0
         if tasks_done and args.command == "backfill":
             # Its builds tested the rows they wrote; a backfill ends with a check of every row.
-            code = check_warehouse(started_at)
+            code = run_warehouse_tests(started_at)
         outcome = "done" if code == 0 else f"failed (exit {code})"
     except KeyboardInterrupt:
         code, outcome = INTERRUPTED, "interrupted"
