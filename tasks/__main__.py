@@ -207,9 +207,7 @@ def run_warehouse_tests(run_started_at=None) -> int:
     if run.returncode == 0:
         console.say(f"warehouse tests: {transform.status_counts([run])}")
         return 0
-    for line in transform.failures(run) or [f"dbt test exited {run.returncode}"]:
-        console.say(f"FAILED test-warehouse: {line}")
-    console.say(f"       details: {run.log_path}")
+    console.failed("test-warehouse", transform.failures(run) or [f"dbt test exited {run.returncode}"], run.log_path)
     return luigi.retcodes.retcode().task_failed
 
 

@@ -49,11 +49,17 @@ def _stage_done(task):
         say(line)
 
 
+def failed(what: str, lines, log) -> None:
+    """A failure as the runbook describes it: one `FAILED <what>: <line>` per line, then its log."""
+    for line in lines:
+        say(f"FAILED {what}: {line}")
+    say(f"       details: {log}")
+
+
 @luigi.Task.event_handler(luigi.Event.FAILURE)
 def _stage_failed(task, exception):
-    for line in str(exception).strip().splitlines() or [type(exception).__name__]:
-        say(f"FAILED {task.task_family} {span(dates(task)) if hasattr(task, 'date') else ''}: {line}")
-    say(f"       details: {_run['log']}")
+    what = f"{task.task_family} {span(dates(task)) if hasattr(task, 'date') else ''}"
+    failed(what, str(exception).strip().splitlines() or [type(exception).__name__], _run["log"])
 
 
 @luigi.Task.event_handler(luigi.Event.DEPENDENCY_MISSING)
