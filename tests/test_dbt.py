@@ -21,6 +21,7 @@ UNIT_TESTS = {
     "hist_user_event_first_delivery_wins",
     "dim_user_versions_partial_updates_deletion_and_recreation",
     "user_active_interval_lifecycle_and_ties",
+    "active_interval_count_groups_and_counts",
     "cohort_summary_contract_worked_example",
     "cohort_summary_ties_epochs_and_boundaries",
 }

@@ -24,6 +24,7 @@ TABLES = {
     "dimensional.dim_user": "user_key",
     "dimensional.fac_user": "event_id",
     "reporting.user_active_interval": "user_id, epoch_from, active_from",
+    "reporting.active_interval_count": "epoch_from, epoch_to, signup_date, start_date, end_date, is_signup",
     "dimensional.dim_organization": "organization_version_key",
 }
 BOOKKEEPING = {"changed_at", "content_changed_at", "load_id"}

@@ -221,6 +221,12 @@
 {%- endmacro %}
 
 
+{#- The event types an active interval opens or closes at (an update changes no interval). -#}
+{% macro interval_event_types() -%}
+    {{ return(['user_created', 'user_deleted']) }}
+{%- endmacro %}
+
+
 {#- A list of strings as a SQL list literal: ('a', 'b'). -#}
 {% macro sql_list(values) -%}
     ('{{ values | join("', '") }}')

@@ -36,3 +36,10 @@
 {% macro report_dates_only() -%}
     {{ return('true' if build_setting('test_scope', 'all') == 'all' else 'as_of_date = any(' ~ run_dates_array() ~ ')') }}
 {%- endmacro %}
+
+
+{#- A condition that holds with test_scope all only: a test too costly for every build (it reads the
+    whole of a table) selects nothing then, and the planner skips its reads altogether. -#}
+{% macro whole_warehouse_only() -%}
+    {{ return('true' if build_setting('test_scope', 'all') == 'all' else 'false') }}
+{%- endmacro %}

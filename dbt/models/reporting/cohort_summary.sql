@@ -7,13 +7,14 @@
     )
 }}
 
--- The cohort report (data contract, section 6) of every date in var run_dates, from the users'
--- active intervals. Rules restated next to the SQL: docs.md, block cohort_rules.
+-- The cohort report (data contract, section 6) of every date in var run_dates, from the counts of
+-- the users' active intervals (active_interval_count). Rules restated next to the SQL: docs.md,
+-- block cohort_rules.
 
 with
 
-active_interval as (
-    select * from {{ ref('user_active_interval') }}
+interval_count as (
+    select * from {{ ref('active_interval_count') }}
 ),
 
 report_date as (
@@ -24,18 +25,18 @@ report_date as (
     from unnest({{ run_dates_array() }}) as run_date (as_of_date)
 ),
 
--- intervals that start and end on the same days count alike: the report needs only how many
+-- intervals that start and end on the same days count alike (active_interval_count); an open
+-- interval's end is null again, as below
 interval_group as (
     select
         epoch_from,
         epoch_to,
-        (signup_at at time zone 'UTC')::date as signup_date,
-        (active_from at time zone 'UTC')::date as start_date,
-        (active_to at time zone 'UTC')::date as end_date,
-        active_from = signup_at as is_signup,
-        count(*) as interval_count
-    from active_interval
-    group by epoch_from, epoch_to, signup_date, start_date, end_date, is_signup
+        signup_date,
+        start_date,
+        nullif(end_date, 'infinity') as end_date,
+        is_signup,
+        interval_count
+    from interval_count
 ),
 
 -- what the report of each date sees, T = D + 1 day at 00:00 UTC: the intervals of the users'

@@ -8,8 +8,8 @@
             {'columns': ['user_id']},
             {'columns': ['changed_at']},
         ],
-        pre_hook="{{ clear_when_history_reworked() }}",
-        post_hook="{{ analyze_changed() }}",
+        pre_hook=["{{ log_replaced_intervals() }}", "{{ clear_when_history_reworked() }}"],
+        post_hook=["{{ log_written_intervals() }}", "{{ analyze_changed() }}"],
     )
 }}
 
@@ -17,11 +17,10 @@
 -- cohort report, kept per user so that a build recomputes only the users it changed. An event
 -- delivered in a partition after its own UTC day is seen by a report only from that partition on,
 -- so such a user has one set of intervals per "visibility epoch" (docs.md, block cohort_rules).
+-- The hooks log what a build changed for active_interval_count (macros/interval_counts.sql), the
+-- rows replaced before a rework could empty the model.
 
 -- depends_on: {{ ref('hist_user_event_partition') }}
-
--- the event types an interval opens or closes at (an update changes no interval)
-{% set interval_event_types = ['user_created', 'user_deleted'] %}
 
 with
 
@@ -29,7 +28,7 @@ with
 
 -- the changed users with a new creation or deletion (docs.md, changed_users)
 recomputed_user as (
-    select distinct user_id from ({{ changed_users(interval_event_types) }}) as changed
+    select distinct user_id from ({{ changed_users(interval_event_types()) }}) as changed
 ),
 
 -- each changed user's events looked up on their own, through the index on user_id: "offset 0"
@@ -42,7 +41,7 @@ user_event as (
         select * from {{ ref('hist_user_event') }} as history
         where
             history.user_id = recomputed_user.user_id
-            and history.event_type in {{ sql_list(interval_event_types) }}
+            and history.event_type in {{ sql_list(interval_event_types()) }}
         offset 0
     ) as user_event
 ),
@@ -51,7 +50,7 @@ user_event as (
 
 user_event as (
     select * from {{ ref('hist_user_event') }}
-    where event_type in {{ sql_list(interval_event_types) }}
+    where event_type in {{ sql_list(interval_event_types()) }}
 ),
 
 {% endif %}

@@ -1,0 +1,149 @@
+{#-
+    How active_interval_count follows user_active_interval without reading it whole (docs.md, block
+    interval_counts). The report needs only how many intervals share their dates, and a daily build
+    replaces the intervals of the users it changed, a few percent of them. So user_active_interval
+    logs, in the transaction that replaces a user's rows, what that did to each group of intervals
+    (minus the rows it replaced, plus the rows it wrote), in a table of its own beside it; the next
+    build of active_interval_count adds the logged changes to its counts and empties the log. A
+    build that writes user_active_interval whole (the first, a rebuild after a rework, a full
+    refresh) logs a reset instead: active_interval_count then counts every interval again.
+-#}
+
+{#- The log beside `intervals` (the relation of user_active_interval). -#}
+{% macro interval_change_log(intervals) -%}
+    {{ intervals.incorporate(path={'identifier': intervals.identifier ~ '__count_change'}) }}
+{%- endmacro %}
+
+
+{#- The group of an interval of user_active_interval: the dates the report reads, end 'infinity' while
+    the interval is open (so that every column of the key is comparable with =). -#}
+{% macro interval_group_columns() -%}
+    epoch_from,
+    epoch_to,
+    (signup_at at time zone 'UTC')::date as signup_date,
+    (active_from at time zone 'UTC')::date as start_date,
+    coalesce((active_to at time zone 'UTC')::date, 'infinity') as end_date,
+    active_from = signup_at as is_signup
+{%- endmacro %}
+
+
+{#- The key of active_interval_count, in one order. -#}
+{% macro interval_group_key() -%}
+    {{ return(['epoch_from', 'epoch_to', 'signup_date', 'start_date', 'end_date', 'is_signup']) }}
+{%- endmacro %}
+
+
+{% macro create_interval_change_log(intervals) %}
+    create table if not exists {{ interval_change_log(intervals) }} (
+        epoch_from date,
+        epoch_to date,
+        signup_date date,
+        start_date date,
+        end_date date,
+        is_signup boolean,
+        interval_change bigint,
+        is_reset boolean not null default false
+    )
+{% endmacro %}
+
+
+{#-
+    Pre-hook of user_active_interval, before it replaces any row: a build that adds to the model
+    logs the groups of the rows it is about to replace, negated. replace_keys replaces every row of
+    the users the model recomputes (each such user with rows keeps at least one interval: creations
+    stay in the history), and those are the users of changed_users, looked up one by one through the
+    index on user_id as the model does. Any other build logs a reset.
+-#}
+{% macro log_replaced_intervals() %}
+    {{ create_interval_change_log(this) }};
+    {%- if adds_to_this() %}
+    insert into {{ interval_change_log(this) }} ({{ interval_group_key() | join(', ') }}, interval_change)
+    select {{ interval_group_key() | join(', ') }}, -count(*)
+    from (
+        select {{ interval_group_columns() }}
+        from (
+            select distinct changed.user_id from ({{ changed_users(interval_event_types()) }}) as changed
+        ) as changed_user
+        cross join lateral (
+            select * from {{ this }} as stored
+            where stored.user_id = changed_user.user_id
+            offset 0
+        ) as replaced
+    ) as replaced_group
+    group by {{ interval_group_key() | join(', ') }}
+    {%- else %}
+    insert into {{ interval_change_log(this) }} (is_reset) values (true)
+    {%- endif %}
+{% endmacro %}
+
+
+{#- Post-hook of user_active_interval: the groups of the rows this build wrote, unless a reset is
+    pending (active_interval_count then counts everything anyway). -#}
+{% macro log_written_intervals() %}
+    insert into {{ interval_change_log(this) }} ({{ interval_group_key() | join(', ') }}, interval_change)
+    select {{ interval_group_key() | join(', ') }}, count(*)
+    from (
+        select {{ interval_group_columns() }}
+        from {{ this }}
+        where changed_at = {{ build_stamp() }}
+    ) as written_group
+    where not exists (select from {{ interval_change_log(this) }} as pending where pending.is_reset)
+    group by {{ interval_group_key() | join(', ') }}
+{% endmacro %}
+
+
+{#- Whether active_interval_count must count every interval again: a reset is logged. -#}
+{% macro interval_counts_reset() %}
+    {%- if not execute -%}
+        {{ return(false) }}
+    {%- endif -%}
+    {%- set query -%}
+        select exists (select from {{ interval_change_log(ref('user_active_interval')) }} where is_reset)
+    {%- endset -%}
+    {{ return(run_query(query).columns[0].values()[0]) }}
+{% endmacro %}
+
+
+{#- Pre-hook of active_interval_count: the log exists (a warehouse built before it had none). -#}
+{% macro create_interval_change_log_of_intervals() %}
+    {{ create_interval_change_log(ref('user_active_interval')) }}
+{% endmacro %}
+
+
+{#- Post-hook of active_interval_count, in the transaction of its counts: the log is consumed. -#}
+{% macro clear_interval_change_log() %}
+    delete from {{ interval_change_log(ref('user_active_interval')) }}
+{% endmacro %}
+
+
+{#-
+    Incremental strategy `add_interval_changes` of active_interval_count: the new rows are the
+    logged changes summed per group, added to the counts; a group whose count falls to zero goes.
+    After a reset the new rows are every count, and they replace the table's.
+-#}
+{% macro get_incremental_add_interval_changes_sql(arg_dict) %}
+    {%- set target = arg_dict['target_relation'] -%}
+    {%- set temp = arg_dict['temp_relation'] -%}
+    {%- set columns = arg_dict['dest_columns'] | map(attribute='name') | join(', ') -%}
+    {%- set key = interval_group_key() -%}
+    {%- if interval_counts_reset() %}
+    delete from {{ target }};
+
+    insert into {{ target }} ({{ columns }})
+    select {{ columns }} from {{ temp }};
+    {%- else %}
+    insert into {{ target }} as stored ({{ columns }})
+    select {{ columns }} from {{ temp }}
+    on conflict ({{ key | join(', ') }}) do update set
+        interval_count = stored.interval_count + excluded.interval_count,
+        changed_at = excluded.changed_at;
+
+    delete from {{ target }} as stored
+    using {{ temp }} as changed
+    where
+        {%- for column in key %}
+        stored.{{ column }} = changed.{{ column }} and
+        {%- endfor %}
+        stored.interval_count = 0;
+    {%- endif %}
+{% endmacro %}
