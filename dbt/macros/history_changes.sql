@@ -249,7 +249,9 @@
     such model has one; a key belongs to one user), not through an index on the key: keys such as
     user_key are hashes, and an index on random keys costs a random page per row written. The new
     rows are analysed first (autovacuum never analyses a temporary table), so the planner sees how
-    few users they name.
+    few users they name. With model config `logs_replaced_intervals` (user_active_interval), the
+    rows the delete replaces are handed to log_replaced_intervals (macros/interval_counts.sql) in
+    the same statement.
 -#}
 {% macro get_incremental_replace_keys_sql(arg_dict) %}
     {%- set target = arg_dict['target_relation'] -%}
@@ -259,6 +261,7 @@
     {%- set match = ['user_id', key] | unique | list -%}
     {%- set has_partition = 'partition_date' in arg_dict['dest_columns'] | map(attribute='name') | list -%}
     {%- set stored = current_version_table() if config.get('stages_current_versions') else none -%}
+    {%- set logs_replaced = config.get('logs_replaced_intervals') -%}
     analyze {{ temp }};
     {%- if stored %}
 
@@ -267,6 +270,9 @@
     where ctid = any(array(select stored_ctid from {{ stored }}));
     {%- endif %}
 
+    {%- if logs_replaced %}
+    with replaced_row as (
+    {%- endif %}
     delete from {{ target }} as stored_row
     using (
         select distinct {{ match | join(', ') }} from {{ temp }}
@@ -286,7 +292,12 @@
     where
         {%- for column in match %}
         stored_row.{{ column }} = written.{{ column }}{{ " and" if not loop.last }}
-        {%- endfor %};
+        {%- endfor %}
+    {%- if logs_replaced %}
+    returning stored_row.*
+    )
+    {{ log_replaced_intervals('replaced_row') }}
+    {%- endif %};
 
     insert into {{ target }} ({{ columns }})
     select {{ columns }} from {{ temp }};

@@ -48,32 +48,28 @@
 
 
 {#-
-    Pre-hook of user_active_interval, before it replaces any row: a build that adds to the model
-    logs the groups of the rows it is about to replace, negated. replace_keys replaces every row of
-    the users the model recomputes (each such user with rows keeps at least one interval: creations
-    stay in the history), and those are the users of changed_users, looked up one by one through the
-    index on user_id as the model does. Any other build logs a reset.
+    Pre-hook of user_active_interval: the log exists, and a build that does not add to the model
+    (the first, a rebuild after a rework, a full refresh) logs a reset. It runs before a rework
+    empties the model.
 -#}
-{% macro log_replaced_intervals() %}
+{% macro log_interval_reset() %}
     {{ create_interval_change_log(this) }};
-    {%- if adds_to_this() %}
-    insert into {{ interval_change_log(this) }} ({{ interval_group_key() | join(', ') }}, interval_change)
-    select {{ interval_group_key() | join(', ') }}, -count(*)
-    from (
-        select {{ interval_group_columns() }}
-        from (
-            select distinct changed.user_id from ({{ changed_users(interval_event_types()) }}) as changed
-        ) as changed_user
-        cross join lateral (
-            select * from {{ this }} as stored
-            where stored.user_id = changed_user.user_id
-            offset 0
-        ) as replaced
-    ) as replaced_group
-    group by {{ interval_group_key() | join(', ') }}
-    {%- else %}
+    {%- if not adds_to_this() %}
     insert into {{ interval_change_log(this) }} (is_reset) values (true)
     {%- endif %}
+{% endmacro %}
+
+
+{#-
+    The statement that logs the rows user_active_interval's build replaced, negated: `replaced` names
+    them, the rows its replace_keys delete returns (config logs_replaced_intervals). Read where the
+    delete finds them, they cost nothing more to look up.
+-#}
+{% macro log_replaced_intervals(replaced) %}
+    insert into {{ interval_change_log(this) }} ({{ interval_group_key() | join(', ') }}, interval_change)
+    select {{ interval_group_key() | join(', ') }}, -count(*)
+    from (select {{ interval_group_columns() }} from {{ replaced }}) as replaced_group
+    group by {{ interval_group_key() | join(', ') }}
 {% endmacro %}
 
 

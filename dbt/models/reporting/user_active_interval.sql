@@ -8,7 +8,8 @@
             {'columns': ['user_id']},
             {'columns': ['changed_at']},
         ],
-        pre_hook=["{{ log_replaced_intervals() }}", "{{ clear_when_history_reworked() }}"],
+        logs_replaced_intervals=true,
+        pre_hook=["{{ log_interval_reset() }}", "{{ clear_when_history_reworked() }}"],
         post_hook=["{{ log_written_intervals() }}", "{{ analyze_changed() }}"],
     )
 }}
@@ -17,8 +18,8 @@
 -- cohort report, kept per user so that a build recomputes only the users it changed. An event
 -- delivered in a partition after its own UTC day is seen by a report only from that partition on,
 -- so such a user has one set of intervals per "visibility epoch" (docs.md, block cohort_rules).
--- The hooks log what a build changed for active_interval_count (macros/interval_counts.sql), the
--- rows replaced before a rework could empty the model.
+-- What a build changes is logged for active_interval_count (macros/interval_counts.sql): the rows
+-- its replace_keys delete returns, the rows its post-hook finds written, or a reset.
 
 -- depends_on: {{ ref('hist_user_event_partition') }}
 
