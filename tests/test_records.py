@@ -34,6 +34,8 @@ def line(**changes):
         ("2024-01-05T09:00:00", datetime.datetime(2024, 1, 5, 9, tzinfo=UTC)),  # no offset means UTC
         ("2024-01-05 09:00:00.250+05:30", datetime.datetime(2024, 1, 5, 3, 30, 0, 250000, tzinfo=UTC)),
         ("2024-01-05T09:00:00.123456789Z", datetime.datetime(2024, 1, 5, 9, 0, 0, 123456, tzinfo=UTC)),
+        # digits past the microsecond are dropped, not rounded: the instant stays on its day
+        ("2024-01-31T23:59:59.9999995Z", datetime.datetime(2024, 1, 31, 23, 59, 59, 999999, tzinfo=UTC)),
         ("2024-01-05", datetime.datetime(2024, 1, 5, tzinfo=UTC)),
         ("2024-01-05T09:00:00+0100", datetime.datetime(2024, 1, 5, 8, tzinfo=UTC)),
     ],
