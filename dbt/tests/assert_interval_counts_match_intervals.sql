@@ -9,18 +9,13 @@ counted as (
 
 recounted as (
     select
-        epoch_from,
-        epoch_to,
-        signup_date,
-        start_date,
-        end_date,
-        is_signup,
+        {{ interval_group_key() | join(', ') }},
         count(*) as interval_count
     from (
         select {{ interval_group_columns() }}
         from {{ ref('user_active_interval') }}
     ) as interval_group
-    group by epoch_from, epoch_to, signup_date, start_date, end_date, is_signup
+    group by {{ interval_group_key() | join(', ') }}
 )
 
 select
