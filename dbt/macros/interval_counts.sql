@@ -100,9 +100,14 @@
 {% endmacro %}
 
 
-{#- Pre-hook of active_interval_count: the log exists (a warehouse built before it had none). -#}
+{#-
+    Pre-hook of active_interval_count: the log exists (a warehouse built before it had none), and
+    no other transaction writes to it until this one, which reads and then empties it, commits (a
+    `make dbt` run by hand meanwhile waits instead of logging rows the post-hook would delete unread).
+-#}
 {% macro create_interval_change_log_of_intervals() %}
-    {{ create_interval_change_log(ref('user_active_interval')) }}
+    {{ create_interval_change_log(ref('user_active_interval')) }};
+    lock table {{ interval_change_log(ref('user_active_interval')) }} in share row exclusive mode
 {% endmacro %}
 
 
