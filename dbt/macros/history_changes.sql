@@ -250,8 +250,8 @@
     user_key are hashes, and an index on random keys costs a random page per row written. The new
     rows are analysed first (autovacuum never analyses a temporary table), so the planner sees how
     few users they name. With model config `logs_replaced_intervals` (user_active_interval), the
-    rows the delete replaces are handed to log_replaced_intervals (macros/interval_counts.sql) in
-    the same statement.
+    rows the delete replaces (in the same statement) and the rows inserted are logged by
+    log_interval_changes (macros/interval_counts.sql).
 -#}
 {% macro get_incremental_replace_keys_sql(arg_dict) %}
     {%- set target = arg_dict['target_relation'] -%}
@@ -296,9 +296,13 @@
     {%- if logs_replaced %}
     returning stored_row.*
     )
-    {{ log_replaced_intervals('replaced_row') }}
+    {{ log_interval_changes('replaced_row', -1) }}
     {%- endif %};
 
     insert into {{ target }} ({{ columns }})
     select {{ columns }} from {{ temp }};
+    {%- if logs_replaced %}
+
+    {{ log_interval_changes(temp, 1) }};
+    {%- endif %}
 {% endmacro %}

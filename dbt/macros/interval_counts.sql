@@ -33,6 +33,17 @@
 {%- endmacro %}
 
 
+{#- How many intervals of `intervals` (a relation or CTE with user_active_interval's columns) fall in
+    each group: a query of the key and interval_count. -#}
+{% macro interval_group_counts(intervals) -%}
+    select
+        {{ interval_group_key() | join(', ') }},
+        count(*) as interval_count
+    from (select {{ interval_group_columns() }} from {{ intervals }}) as interval_group
+    group by {{ interval_group_key() | join(', ') }}
+{%- endmacro %}
+
+
 {% macro create_interval_change_log(intervals) %}
     create table if not exists {{ interval_change_log(intervals) }} (
         epoch_from date,
@@ -61,30 +72,17 @@
 
 
 {#-
-    The statement that logs the rows user_active_interval's build replaced, negated: `replaced` names
-    them, the rows its replace_keys delete returns (config logs_replaced_intervals). Read where the
-    delete finds them, they cost nothing more to look up.
+    The statement that logs rows of user_active_interval's build, from its replace_keys strategy
+    (config logs_replaced_intervals): `intervals` names them, `sign` is -1 for the rows its delete
+    returns (replaced) and 1 for the new rows it inserts from its temporary table (written). Taken
+    where the strategy has them, they cost nothing more to look up. Nothing is logged while a reset
+    is pending: active_interval_count then counts everything anyway.
 -#}
-{% macro log_replaced_intervals(replaced) %}
+{% macro log_interval_changes(intervals, sign) %}
     insert into {{ interval_change_log(this) }} ({{ interval_group_key() | join(', ') }}, interval_change)
-    select {{ interval_group_key() | join(', ') }}, -count(*)
-    from (select {{ interval_group_columns() }} from {{ replaced }}) as replaced_group
-    group by {{ interval_group_key() | join(', ') }}
-{% endmacro %}
-
-
-{#- Post-hook of user_active_interval: the groups of the rows this build wrote, unless a reset is
-    pending (active_interval_count then counts everything anyway). -#}
-{% macro log_written_intervals() %}
-    insert into {{ interval_change_log(this) }} ({{ interval_group_key() | join(', ') }}, interval_change)
-    select {{ interval_group_key() | join(', ') }}, count(*)
-    from (
-        select {{ interval_group_columns() }}
-        from {{ this }}
-        where changed_at = {{ build_stamp() }}
-    ) as written_group
+    select {{ interval_group_key() | join(', ') }}, {{ sign }} * interval_count
+    from ({{ interval_group_counts(intervals) }}) as changed_group
     where not exists (select from {{ interval_change_log(this) }} as pending where pending.is_reset)
-    group by {{ interval_group_key() | join(', ') }}
 {% endmacro %}
 
 
@@ -105,7 +103,7 @@
     no other transaction writes to it until this one, which reads and then empties it, commits (a
     `make dbt` run by hand meanwhile waits instead of logging rows the post-hook would delete unread).
 -#}
-{% macro create_interval_change_log_of_intervals() %}
+{% macro lock_interval_change_log() %}
     {{ create_interval_change_log(ref('user_active_interval')) }};
     lock table {{ interval_change_log(ref('user_active_interval')) }} in share row exclusive mode
 {% endmacro %}

@@ -8,14 +8,7 @@ counted as (
 ),
 
 recounted as (
-    select
-        {{ interval_group_key() | join(', ') }},
-        count(*) as interval_count
-    from (
-        select {{ interval_group_columns() }}
-        from {{ ref('user_active_interval') }}
-    ) as interval_group
-    group by {{ interval_group_key() | join(', ') }}
+    {{ interval_group_counts(ref('user_active_interval')) }}
 )
 
 select

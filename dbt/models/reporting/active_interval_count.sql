@@ -7,7 +7,7 @@
             {'columns': ['epoch_from', 'epoch_to', 'signup_date', 'start_date', 'end_date', 'is_signup'], 'unique': true},
             {'columns': ['changed_at']},
         ],
-        pre_hook="{{ create_interval_change_log_of_intervals() }}",
+        pre_hook="{{ lock_interval_change_log() }}",
         post_hook=["{{ clear_interval_change_log() }}", "{{ analyze_changed() }}"],
     )
 }}
@@ -40,14 +40,7 @@ active_interval as (
 ),
 
 counted_group as (
-    select
-        {{ interval_group_key() | join(', ') }},
-        count(*) as interval_count
-    from (
-        select {{ interval_group_columns() }}
-        from active_interval
-    ) as interval_group
-    group by {{ interval_group_key() | join(', ') }}
+    {{ interval_group_counts('active_interval') }}
 ),
 
 {% endif %}

@@ -10,7 +10,7 @@
         ],
         logs_replaced_intervals=true,
         pre_hook=["{{ log_interval_reset() }}", "{{ clear_when_history_reworked() }}"],
-        post_hook=["{{ log_written_intervals() }}", "{{ analyze_changed() }}"],
+        post_hook="{{ analyze_changed() }}",
     )
 }}
 
@@ -19,7 +19,7 @@
 -- delivered in a partition after its own UTC day is seen by a report only from that partition on,
 -- so such a user has one set of intervals per "visibility epoch" (docs.md, block cohort_rules).
 -- What a build changes is logged for active_interval_count (macros/interval_counts.sql): the rows
--- its replace_keys delete returns, the rows its post-hook finds written, or a reset.
+-- its replace_keys strategy deletes and inserts, or a reset.
 
 -- depends_on: {{ ref('hist_user_event_partition') }}
 
