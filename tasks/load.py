@@ -4,8 +4,9 @@ Reads the objects a download recorded (`etl.download`: landed local copies, or S
 directly). Each object is read once per task run, however many dates it covers: its lines are
 routed to their partitions in that pass (daily layout: the object's date; one-file layout: the
 UTC day of `received_at`; organizations: every date). Writes, per partition and in one
-transaction, its `staging.*` rows (COPY), its rejected lines, and its row in the partition ledger
-(`staging.*_partition`), the load's completion record.
+transaction, its `staging.*` rows (COPY), its rejected lines, its source objects' keys
+(`staging.*_source_object`), and its row in the partition ledger (`staging.*_partition`), the
+load's completion record.
 """
 
 import tempfile
@@ -40,9 +41,6 @@ class Partition:
     rejects: int = 0
     first_rejects: list = field(default_factory=list)  # (source key, line number, reason)
     skipped: bool = False  # loaded meanwhile by another run: nothing to do
-
-    def origin(self, key: str) -> staging.Origin:
-        return staging.Origin(self.date, key, self.load_id)
 
 
 class Spool:
@@ -97,6 +95,8 @@ class _Group:
     def __init__(self, dataset: staging.Dataset, objects, partitions: list, route_by_day: bool):
         self.dataset = dataset
         self.objects = objects
+        # Every partition of the group has these objects, numbered in key order (Dataset.objects_ddl).
+        self.keys = sorted({obj.key for obj in objects})
         self.partitions = {partition.date: partition for partition in partitions}
         self.route_by_day = route_by_day
         self.rejects = Spool()
@@ -172,7 +172,8 @@ class _Group:
         """The lines' rows of the table, in COPY's binary format."""
         writer = self._writers.get((table.name, partition.date, key))
         if writer is None:
-            writer = self._writers[(table.name, partition.date, key)] = table.bind(partition.origin(key))
+            origin = staging.Origin(partition.date, key, partition.load_id, self.keys.index(key))
+            writer = self._writers[(table.name, partition.date, key)] = table.bind(origin)
         # map keeps the per-line loop in C: the row function is the only Python per line.
         return b"".join(map(writer, lines))
 
@@ -221,8 +222,13 @@ def _commit(conn, group: _Group, partition: Partition, rows, progress):
             if cur.fetchone()[0]:
                 partition.skipped = True  # another run loaded it while this one waited for the lock
                 return partition
-            for table in (dataset.table.name, dataset.rejected.name):
-                cur.execute(f"delete from {table} where date = %s", (partition.date,))
+            cur.execute(
+                ";".join(
+                    f"delete from {table} where date = %(date)s"
+                    for table in (dataset.table.name, dataset.rejected.name, dataset.objects_table)
+                ),
+                {"date": partition.date},
+            )
             cur.execute("savepoint before_rows")
             cur.copy_expert(dataset.table.copy_statement(), _Reader(staging.copy_data(rows)), size=CHUNK_BYTES)
             over_limit = partition.lines_read and partition.rejects / partition.lines_read > limit
@@ -235,9 +241,19 @@ def _commit(conn, group: _Group, partition: Partition, rows, progress):
             )
             if not over_limit:
                 cur.execute(
+                    f"insert into {dataset.objects_table} (date, object_number, source_key)"
+                    " select %(date)s, number - 1, key"
+                    " from unnest(%(keys)s::text[]) with ordinality as object (key, number);"
                     f"insert into {dataset.ledger_table} (partition_date, load_id, lines_read, row_count, reject_count)"
-                    " values (%s, %s, %s, %s, %s)",
-                    (partition.date, partition.load_id, partition.lines_read, partition.rows, partition.rejects),
+                    " values (%(date)s, %(load_id)s, %(lines_read)s, %(rows)s, %(rejects)s)",
+                    {
+                        "date": partition.date,
+                        "keys": group.keys,
+                        "load_id": partition.load_id,
+                        "lines_read": partition.lines_read,
+                        "rows": partition.rows,
+                        "rejects": partition.rejects,
+                    },
                 )
         if over_limit:
             return RejectRatioExceeded(_ratio_message(dataset, group.objects, partition, limit))

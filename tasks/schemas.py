@@ -27,7 +27,7 @@ def _pipeline_names() -> set:
     names = {
         tuple(name.split("."))
         for dataset in staging.DATASETS
-        for name in (dataset.table.name, dataset.rejected.name, dataset.ledger_table)
+        for name in (dataset.table.name, dataset.rejected.name, dataset.objects_table, dataset.ledger_table)
     }
     names.add(("staging", "load_id_seq"))
     names.update(("etl", table) for table in ETL_TABLES)

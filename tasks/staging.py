@@ -1,6 +1,7 @@
 """The staging tables, each declared once: its columns (name, type, and where a row's value comes
-from), from which come the DDL, the COPY column list and the COPY row; its rejected-lines table; and
-its partition ledger, the load's completion record that dbt reads as a source.
+from), from which come the DDL, the COPY column list and the COPY row; its rejected-lines table; its
+source objects (each partition's object keys, numbered); and its partition ledger, the load's
+completion record that dbt reads as a source.
 
 Rows are written in COPY's binary format: nothing to escape, and the server stores dates, numbers
 and timestamps without parsing text (a fifth less of its time per row than the text format).
@@ -32,11 +33,13 @@ def copy_data(rows):
 
 @dataclass(frozen=True)
 class Origin:
-    """What every row of one COPY shares: partition, source object, load."""
+    """What every row of one COPY shares: partition, source object (its key, and its number among
+    the partition's objects in key order), load."""
 
     date: datetime.date
     key: str
     load_id: int
+    object_number: int
 
 
 @dataclass(frozen=True)
@@ -186,20 +189,22 @@ class Table:
         return self.bind(origin)(line)
 
 
-# Columns every staging table starts with: where a row came from.
-PROVENANCE = (
-    Column("date", "date", "origin.date"),
-    Column("source_key", "text", "origin.key"),
-    Column("line_number", "integer", "line.number"),
-)
+# Columns every staging table starts with: where a row came from. A row names its source object by
+# number; the partition's source objects table holds the key once. Keys are long in real buckets
+# (`events/date=2024-01-01/part-0000.json` is 38 bytes), and a key per row made the server's part
+# of a 1M-event load a tenth slower (docs/performance-notes.md, "Source keys once per object").
+PARTITION = Column("date", "date", "origin.date")
+LINE_NUMBER = Column("line_number", "integer", "line.number")
+PROVENANCE = (PARTITION, Column("object_number", "integer", "origin.object_number"), LINE_NUMBER)
 LOAD_ID = Column("load_id", "bigint", "origin.load_id")
 JSON_CONTENT = Column("json_content", "jsonb", "line.raw")
 
 
 def _rejected(table: str) -> Table:
+    # Rejects keep their key: they are few, and read by people, not joined.
     return Table(
         f"{table}_rejected",
-        PROVENANCE
+        (PARTITION, Column("source_key", "text", "origin.key"), LINE_NUMBER)
         + (
             Column("raw_line", "bytea", "line.raw"),
             Column("reason", "text", "line.reason"),
@@ -231,6 +236,23 @@ class Dataset:
     @property
     def ledger_table(self) -> str:
         return f"{self.table.name}_partition"
+
+    @property
+    def objects_table(self) -> str:
+        return f"{self.table.name}_source_object"
+
+    def objects_ddl(self) -> str:
+        # The source objects of each loaded partition, numbered from 0 in key order (byte order, as
+        # the "C" collation sorts): a partition's rows ordered by (object_number, line_number) are
+        # in the order of (source_key, line_number). Replaced with the partition's rows.
+        return f"""
+create table if not exists {self.objects_table} (
+    date date not null,
+    object_number integer not null,
+    source_key text collate "C" not null,
+    primary key (date, object_number)
+);
+"""
 
     def ledger_ddl(self) -> str:
         # One row per loaded partition: the load's completion record, and dbt's source of which
@@ -281,7 +303,7 @@ DATASETS = (EVENTS, ORGANIZATIONS)
 TABLES = tuple(table for dataset in DATASETS for table in (dataset.table, dataset.rejected))
 
 DDL = "create schema if not exists staging;\ncreate sequence if not exists staging.load_id_seq;\n" + "".join(
-    dataset.table.ddl() + dataset.rejected.ddl() + dataset.ledger_ddl() for dataset in DATASETS
+    dataset.table.ddl() + dataset.rejected.ddl() + dataset.objects_ddl() + dataset.ledger_ddl() for dataset in DATASETS
 )
 
 
@@ -301,6 +323,8 @@ def ensure_tables(conn) -> None:
     with conn.cursor() as cur:
         db.lock(cur, "etl.ddl")
         cur.execute(DDL)
+        for dataset in DATASETS:
+            _number_source_objects(cur, dataset)
         for table in TABLES:
             # Only when missing: `create index if not exists` takes its share lock before it looks,
             # so it would wait for every load of the table still open, and each load runs this.
@@ -309,3 +333,27 @@ def ensure_tables(conn) -> None:
             cur.execute("select to_regclass(%s)", (table.date_index,))
             if cur.fetchone()[0] is None:
                 cur.execute(table.date_index_ddl())
+
+
+def _number_source_objects(cur, dataset: Dataset) -> None:
+    """Upgrade a table made before rows named their source object by number: its keys go to the
+    objects table, each row gets its object's number, and the key column goes. Once, in the DDL's
+    transaction; it rewrites the table (runbook.md, "Upgrade staging made before source objects")."""
+    schema, table = dataset.table.name.split(".")
+    cur.execute(
+        "select from information_schema.columns where table_schema = %s and table_name = %s and column_name = %s",
+        (schema, table, "source_key"),
+    )
+    if cur.fetchone() is None:
+        return
+    cur.execute(f"""
+insert into {dataset.objects_table} (date, object_number, source_key)
+select date, row_number() over (partition by date order by source_key collate "C") - 1, source_key
+from (select distinct date, source_key from {dataset.table.name}) as source_object;
+alter table {dataset.table.name} add column object_number integer;
+update {dataset.table.name} as staged
+set object_number = source_object.object_number
+from {dataset.objects_table} as source_object
+where source_object.date = staged.date and source_object.source_key = staged.source_key collate "C";
+alter table {dataset.table.name} alter column object_number set not null, drop column source_key;
+""")

@@ -1,7 +1,8 @@
 """Transform: one `dbt build` of the warehouse layers for a batch of report dates, one build at a time.
 
 Reads the staging partitions (through tasks.load's ledgers) and the dbt project in `dbt/`; writes
-the summaries of staging's date indexes before dbt reads it, the `historical`, `snapshots`,
+staging's tables when an older version made them (tasks.staging.ensure_tables) and the summaries
+of its date indexes before dbt reads it, the `historical`, `snapshots`,
 `dimensional` and `reporting` schemas through dbt, dbt's log under
 `<data_dir>/logs/`, and one `etl.build` record per report date once its build passed. Progress and
 results come from dbt's structured interface (`--log-format json` events and `run_results.json`).
@@ -191,6 +192,9 @@ def build(days, progress=None) -> list:
         days = sorted(set(days) - completion.BUILDS.done(days, fresh=True))  # built by another run meanwhile?
         if not days:
             return runs
+        with db.transaction() as ddl:
+            # Staging as this version reads it, even when every partition was loaded by an older one.
+            staging.ensure_tables(ddl)
         with conn.cursor() as cur:
             staging.summarize_date_indexes(cur)  # so that dbt, and the next loads, read by date
         points = snapshot_dates(conn, days)

@@ -37,11 +37,12 @@ def _month_start(year, month):
     return datetime.datetime(year, month, 1, tzinfo=UTC)
 
 
-def report(events, date: datetime.date) -> str:
+def report(events, date: datetime.date, history_start: datetime.date) -> str:
+    """The report of `date` over the partitions from `history_start` to `date` (contract, sections 1 and 6)."""
     cutoff = datetime.datetime.combine(date + datetime.timedelta(days=1), datetime.time(), tzinfo=UTC)
     first = {}
     for event in sorted(events, key=lambda e: e[:3]):
-        if event[0] <= date:
+        if history_start <= event[0] <= date:
             first.setdefault(event[3]["id"], event)  # first delivery wins
     seen = [(record, at) for _, _, _, record, at in first.values() if at < cutoff]
 

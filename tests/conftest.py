@@ -181,6 +181,10 @@ def query(sql: str, params=()):
         return cur.fetchall()
 
 
+# staging.event with each row's source key (a row names its object by number in the partition)
+EVENT_WITH_KEY = "staging.event join staging.event_source_object using (date, object_number)"
+
+
 @pytest.fixture(autouse=True)
 def fresh_completion_memory():
     """Completion records a test saw are forgotten: each test has a database of its own."""

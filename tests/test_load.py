@@ -17,7 +17,7 @@ import pytest
 from tasks import db, extract, overwrite, staging
 from tasks.load import LoadEvents, LoadFailed, LoadHistory, load_partitions
 
-from conftest import ROOT, query, run_cli, write_lines
+from conftest import EVENT_WITH_KEY, ROOT, query, run_cli, write_lines
 
 D1, D2, D3 = datetime.date(2024, 1, 1), datetime.date(2024, 1, 2), datetime.date(2024, 1, 3)
 EVENTS = staging.EVENTS
@@ -51,6 +51,8 @@ def fingerprint():
         "staging.event",
         "staging.organization",
         "staging.event_rejected",
+        "staging.event_source_object",
+        "staging.organization_source_object",
         "staging.event_partition",
         "staging.organization_partition",
         "etl.download",
@@ -110,7 +112,7 @@ def test_a_one_file_object_is_read_once_for_every_date(database_url, one_file_so
     assert run(LoadHistory(date=D3)).status == luigi.LuigiStatusCode.SUCCESS
     # One pass per object for the three dates: Luigi batched each task family into one run.
     assert sorted(opened) == ["events_sample.json", "orgs_sample.json"]
-    assert sorted(key for (key,) in query("select distinct source_key from staging.event")) == ["events_sample.json"]
+    assert query(f"select distinct source_key from {EVENT_WITH_KEY}") == [("events_sample.json",)]
     # The object was landed once, not once per date.
     raw = extract.landing_folder("events")
     assert [path.name for path in raw.rglob("*") if path.is_file()] == ["events_sample.json"]
@@ -203,10 +205,46 @@ def test_daily_layout_waits_for_a_missing_day(database_url, daily_source):
     assert result.status == luigi.LuigiStatusCode.MISSING_EXT
     # Everything in a day's objects belongs to that day, whatever its timestamp; no empty D3.
     assert partition_counts("staging.event") == {D1: 2, D2: 1}
-    assert query("select source_key, line_number from staging.event where event_id = 'e2'") == [
+    assert query(f"select source_key, line_number from {EVENT_WITH_KEY} where event_id = 'e2'") == [
         ("events/date=2024-01-01/part-1.json.gz", 1)
     ]
     assert query("select count(*) from etl.download where dataset = 'events' and partition_date = %s", (D3,)) == [(0,)]
+
+
+def test_staging_with_a_key_on_every_row_is_upgraded_in_place(database_url, daily_source):
+    # Tables made before the source objects held each row's key (staging._number_source_objects).
+    write_lines(daily_source / "events/date=2024-01-01/part-1.json", [event(1, "2024-01-01T10:00:00Z")])
+    write_lines(daily_source / "events/date=2024-01-01/part-0.json", [event(2, "2024-01-01T10:00:00Z")] * 2)
+    write_lines(daily_source / "events/date=2024-01-02/part-0.json", [event(3, "2024-01-02T10:00:00Z")])
+    assert run(LoadHistory(date=D2)).status == luigi.LuigiStatusCode.SUCCESS
+    rows = f"select date, source_key, line_number, event_id, object_number from {EVENT_WITH_KEY} order by 1, 2, 3"
+    before = query(rows)
+    assert [row[1:] for row in before if row[0] == D1] == [
+        ("events/date=2024-01-01/part-0.json", 1, "e2", 0),
+        ("events/date=2024-01-01/part-0.json", 2, "e2", 0),
+        ("events/date=2024-01-01/part-1.json", 1, "e1", 1),
+    ]
+    with db.transaction() as conn, conn.cursor() as cur:
+        for dataset in staging.DATASETS:
+            table, objects = dataset.table.name, dataset.objects_table
+            cur.execute(f"alter table {table} add column source_key text")
+            cur.execute(
+                f"update {table} as staged set source_key = object.source_key from {objects} as object"
+                " where (object.date, object.object_number) = (staged.date, staged.object_number)"
+            )
+            cur.execute(f"alter table {table} alter column source_key set not null, drop column object_number")
+            cur.execute(f"drop table {objects}")
+
+    with contextlib.closing(db.connect()) as conn:
+        staging.ensure_tables(conn)
+        conn.commit()
+    assert query(rows) == before
+    assert query("select count(*) from staging.organization_source_object") == [(2,)]  # orgs.json, for D1 and D2
+    write_lines(daily_source / "events/date=2024-01-03/part-0.json", [event(4, "2024-01-03T10:00:00Z")])
+    assert run(LoadHistory(date=D3)).status == luigi.LuigiStatusCode.SUCCESS
+    assert query(f"select source_key from {EVENT_WITH_KEY} where date = %s", (D3,)) == [
+        ("events/date=2024-01-03/part-0.json",)
+    ]
 
 
 def download(days):

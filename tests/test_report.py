@@ -94,12 +94,12 @@ def test_bundled_sample_out_of_order_and_rerun(database_url, monkeypatch):
     late, early = datetime.date(2024, 4, 30), datetime.date(2024, 2, 29)
 
     late_report = run_etl(late)
-    assert late_report == cohort_oracle.report(events, late)
-    assert run_etl(early) == cohort_oracle.report(events, early)  # run after a later date
+    assert late_report == cohort_oracle.report(events, late, config.history_start())
+    assert run_etl(early) == cohort_oracle.report(events, early, config.history_start())  # run after a later date
     assert report_path(late).read_text() == late_report
 
     before = [
-        table_state("staging.event", "date, source_key, line_number"),
+        table_state("staging.event", "date, object_number, line_number"),
         table_state("dimensional.fac_user", "event_id"),
         table_state("reporting.cohort_summary", "as_of_date, cohort_month, months_since_signup"),
     ]
@@ -111,7 +111,7 @@ def test_bundled_sample_out_of_order_and_rerun(database_url, monkeypatch):
     assert "Did not run any tasks" in next((config.data_dir() / "logs").glob("run-*.log")).read_text()
     assert report_path(late).read_text() == late_report
     assert [
-        table_state("staging.event", "date, source_key, line_number"),
+        table_state("staging.event", "date, object_number, line_number"),
         table_state("dimensional.fac_user", "event_id"),
         table_state("reporting.cohort_summary", "as_of_date, cohort_month, months_since_signup"),
     ] == before
@@ -124,6 +124,11 @@ def ndjson_gz(records) -> bytes:
 def test_daily_gzip_layout_over_s3(database_url, s3_bucket, monkeypatch, settings, tmp_path):
     client, bucket = s3_bucket
     days = {
+        # Before history_start: never loaded, so u9 is in no cohort (nor in the oracle's report).
+        "2024-01-29": [
+            {"id": "a0", "event_type": "user_created", "user_id": "u9", "received_at": "2024-01-29T10:00:00Z"},
+            {"id": "a9", "event_type": "user_created", "user_id": "u8", "received_at": "2024-01-29T11:00:00Z"},
+        ],
         # Everything in a day's objects is that day's partition, whatever the timestamp says.
         "2024-01-30": [
             {"id": "a1", "event_type": "user_created", "user_id": "u1", "received_at": "2024-01-30T10:00:00Z"},
@@ -155,7 +160,7 @@ def test_daily_gzip_layout_over_s3(database_url, s3_bucket, monkeypatch, setting
 
     events = list(cohort_oracle.daily_events(files))
     for date in (datetime.date(2024, 1, 31), datetime.date(2024, 2, 1)):
-        expected = cohort_oracle.report(events, date)
+        expected = cohort_oracle.report(events, date, config.history_start())
         assert run_etl(date) == expected
     # u1 was deleted at 2024-01-31 23:00 UTC (an offset crossing the month) and created again;
     # u2 signed up 2024-02-01 01:30 UTC; u3's event is in partition 2024-02-01 but received after T.
@@ -175,7 +180,7 @@ def test_corrected_partition_is_corrected_in_every_layer(database_url, tmp_path,
     for day in (datetime.date(2024, 2, 14),):
         overwrite.invalidate(day)
     events = list(cohort_oracle.one_file_events(source / "events_sample.json", "events_sample.json"))
-    assert run_etl(date) == cohort_oracle.report(events, date)
+    assert run_etl(date) == cohort_oracle.report(events, date, config.history_start())
     assert query("select user_id from historical.hist_user_event where event_id = 'e6'") == [("u7",)]
     assert query("select count(*) from dimensional.dim_user where user_id = 'u4'") == [(0,)]
     assert query("select username from dimensional.dim_user where user_id = 'u7'") == [("gus",)]
@@ -190,8 +195,8 @@ def test_a_failing_data_test_stops_the_run_before_the_report(database_url, tmp_p
     # An event without user_id behind the loader's back: hist_user_event's not_null test must stop dbt.
     with db.transaction() as conn, conn.cursor() as cur:
         cur.execute("""
-            insert into staging.event
-            select date, source_key, 99, 'bad', received_at, json_content - 'user_id', load_id
+            insert into staging.event (date, object_number, line_number, event_id, received_at, json_content, load_id)
+            select date, object_number, 99, 'bad', received_at, json_content - 'user_id', load_id
             from staging.event where event_id = 'e1'
         """)
     result = luigi.build([RunEtl(date=date)], local_scheduler=True, detailed_summary=True, log_level="WARNING")

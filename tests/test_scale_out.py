@@ -144,7 +144,7 @@ def test_workers_without_a_shared_disk_finish_a_backfill_when_one_is_killed(
     events = list(cohort_oracle.daily_events(files))
     for day in DAYS:
         report = tmp_path / "driver" / "reports" / f"cohort_summary_{day}.csv"
-        assert report.read_text() == cohort_oracle.report(events, day), day
+        assert report.read_text() == cohort_oracle.report(events, day, config.history_start()), day
     # Nothing loaded twice: one load per partition, and every partition's rows are its day's events.
     assert query("select date, count(distinct load_id), count(*) from staging.event group by 1 order by 1") == [
         (day, 1, len(day_events(day))) for day in DAYS

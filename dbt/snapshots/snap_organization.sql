@@ -21,7 +21,7 @@ staging_organization as (
 first_line as (
     select distinct on (organization_key) *
     from staging_organization
-    order by organization_key, source_key, line_number
+    order by organization_key, object_number, line_number
 ),
 
 final as (

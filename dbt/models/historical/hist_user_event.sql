@@ -25,6 +25,10 @@ staging_event as not materialized (
     select * from {{ source('staging', 'event') }}
 ),
 
+source_object as (
+    select * from {{ source('staging', 'event_source_object') }}
+),
+
 {% if is_incremental() %}
 
 {% set changed_partitions = changed_event_partition_array() %}
@@ -63,7 +67,20 @@ delivery as (
 first_delivery as (
     select distinct on (event_id) *
     from delivery
-    order by event_id, date, source_key, line_number
+    -- a partition's objects are numbered in key order: this is the order of (source_key, line_number)
+    order by event_id, date, object_number, line_number
+),
+
+-- left: a row whose object is missing keeps a null key, which the not_null test reports
+first_delivery_with_key as (
+    select
+        first_delivery.*,
+        source_object.source_key
+    from first_delivery
+    left join source_object
+        on
+            first_delivery.date = source_object.date
+            and first_delivery.object_number = source_object.object_number
 ),
 
 final as (
@@ -85,7 +102,7 @@ final as (
         line_number,
         load_id,
         {{ build_stamp() }} as changed_at
-    from first_delivery
+    from first_delivery_with_key
 )
 
 select * from final
