@@ -97,6 +97,7 @@ class _Group:
         self.objects = objects
         # Every partition of the group has these objects, numbered in key order (Dataset.objects_ddl).
         self.keys = sorted({obj.key for obj in objects})
+        self._object_numbers = {key: number for number, key in enumerate(self.keys)}
         self.partitions = {partition.date: partition for partition in partitions}
         self.route_by_day = route_by_day
         self.rejects = Spool()
@@ -172,7 +173,7 @@ class _Group:
         """The lines' rows of the table, in COPY's binary format."""
         writer = self._writers.get((table.name, partition.date, key))
         if writer is None:
-            origin = staging.Origin(partition.date, key, partition.load_id, self.keys.index(key))
+            origin = staging.Origin(partition.date, key, partition.load_id, self._object_numbers[key])
             writer = self._writers[(table.name, partition.date, key)] = table.bind(origin)
         # map keeps the per-line loop in C: the row function is the only Python per line.
         return b"".join(map(writer, lines))

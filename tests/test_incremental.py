@@ -122,7 +122,7 @@ def test_daily_builds_equal_one_build_from_scratch(postgres_server, database_url
         query(
             "select table_name, column_name from information_schema.columns where data_type = 'text'"
             " and table_schema || '.' || table_name in ('staging.event', 'staging.organization',"
-            " 'staging.event_source_object',"
+            " 'staging.event_source_object', 'staging.organization_source_object',"
             " 'historical.hist_user_event') and collation_name is distinct from 'C'"
         )
         == []

@@ -235,10 +235,11 @@ def test_staging_with_a_key_on_every_row_is_upgraded_in_place(database_url, dail
             cur.execute(f"alter table {table} alter column source_key set not null, drop column object_number")
             cur.execute(f"drop table {objects}")
 
-    with contextlib.closing(db.connect()) as conn:
-        staging.ensure_tables(conn)
-        conn.commit()
-    assert query(rows) == before
+    for _ in range(2):  # the second finds nothing left to upgrade
+        with contextlib.closing(db.connect()) as conn:
+            staging.ensure_tables(conn)
+            conn.commit()
+        assert query(rows) == before
     assert query("select count(*) from staging.organization_source_object") == [(2,)]  # orgs.json, for D1 and D2
     write_lines(daily_source / "events/date=2024-01-03/part-0.json", [event(4, "2024-01-03T10:00:00Z")])
     assert run(LoadHistory(date=D3)).status == luigi.LuigiStatusCode.SUCCESS
