@@ -20,6 +20,7 @@ from tasks.partitions import PartitionDate, dates, previous_day
 
 CHUNK_BYTES = 1 << 18  # what psycopg2 asks the reader for; the reader hands over a block's rows, whatever the size
 SPOOL_BUFFER = 1 << 16  # bytes a routed partition keeps in memory before they go to the spool file
+SUMMARIZE_ROWS = 5000  # about one range of a BRIN index (128 pages) of events; see _DateIndex
 
 
 class RejectRatioExceeded(Exception):
@@ -189,21 +190,49 @@ def _rows(group: _Group):
         yield partition, group.copy_rows(table, partition, key, lines)
 
 
-def _load_group(conn, group: _Group, progress) -> list:
+def _load_group(conn, group: _Group, progress, date_index: "_DateIndex") -> list:
     """Commit every partition of the group; a failure of one partition does not undo the others."""
     partitions = list(group.partitions.values())
-    if len(partitions) == 1:
-        # One partition: COPY while reading the source, a block at a time, so that judging the
-        # next block and the server's work on this one overlap.
-        rows = (data for _, data in _rows(group))
-        return [_commit(conn, group, partitions[0], rows, progress)]
-    spool = Spool()
+    # One partition: COPY while reading the source, a block at a time, so that judging the next
+    # block and the server's work on this one overlap. Several: their rows wait in a spool.
+    spool = Spool() if len(partitions) > 1 else None
     try:
-        for partition, data in _rows(group):
-            spool.write(partition.date, data)
-        return [_commit(conn, group, partition, spool.read(partition.date), progress) for partition in partitions]
+        if spool is None:
+            batches = [(partitions[0], (data for _, data in _rows(group)))]
+        else:
+            for partition, data in _rows(group):
+                spool.write(partition.date, data)
+            batches = [(partition, spool.read(partition.date)) for partition in partitions]
+        outcomes = []
+        for partition, rows in batches:
+            outcomes.append(_commit(conn, group, partition, rows, progress))
+            date_index.wrote(partition.rows)
+        return outcomes
     finally:
-        spool.close()
+        if spool:
+            spool.close()
+
+
+class _DateIndex:
+    """Keeps the date index of a load of many dates summarised as it writes.
+
+    Each partition's load deletes its date first, through the date index, which skips only
+    summarised pages: unsummarised, every delete of a task's next date read every page its earlier
+    dates wrote, a cost that grew with the square of the dates a first run loads. Summarising costs
+    a transaction of its own, so it runs once about a range of pages was written (SUMMARIZE_ROWS),
+    not per date. PostgreSQL leaves the last range unsummarised until it is full, so a delete reads
+    at most that range besides its own date's."""
+
+    def __init__(self, conn, dataset: staging.Dataset, dates: int):
+        self.conn, self.dataset, self.many = conn, dataset, dates > 1
+        self.rows = 0  # written since the last summary
+
+    def wrote(self, rows: int) -> None:
+        self.rows += rows
+        if self.many and self.rows >= SUMMARIZE_ROWS:
+            with self.conn, self.conn.cursor() as cur:
+                cur.execute("select brin_summarize_new_values(%s::regclass)", (self.dataset.table.date_index,))
+            self.rows = 0
 
 
 def _commit(conn, group: _Group, partition: Partition, rows, progress):
@@ -223,8 +252,11 @@ def _commit(conn, group: _Group, partition: Partition, rows, progress):
             if cur.fetchone()[0]:
                 partition.skipped = True  # another run loaded it while this one waited for the lock
                 return partition
+            # Through the date indexes, whatever the statistics say: before autovacuum has analysed a
+            # new table (a first run), the planner reads all of it for each date (_DateIndex).
             cur.execute(
-                ";".join(
+                "set local enable_seqscan = off;"
+                + ";".join(
                     f"delete from {table} where date = %(date)s"
                     for table in (dataset.table.name, dataset.rejected.name, dataset.objects_table)
                 ),
@@ -292,10 +324,11 @@ def load_partitions(dataset: staging.Dataset, days, route_by_day: bool, progress
                 cur.execute("select nextval('staging.load_id_seq') from generate_series(1, %s)", (len(days),))
                 load_ids = iter(row[0] for row in cur.fetchall())
             conn.commit()
+            date_index = _DateIndex(conn, dataset, len(days))
             for objects, group_days in by_objects.items():
                 group = _Group(dataset, objects, [Partition(day, next(load_ids)) for day in group_days], route_by_day)
                 try:
-                    outcomes = _load_group(conn, group, progress)
+                    outcomes = _load_group(conn, group, progress, date_index)
                 except (SourceError, records.SourceError) as err:
                     conn.rollback()
                     outcomes = [SourceError(f"{', '.join(map(str, group_days))}: {err}")]

@@ -145,8 +145,9 @@ def _struct(fmt: str):
 #   "Upgrade staging made before it kept load order").
 # - A page range without a summary is read by every query. Autovacuum summarises each range once
 #   it is full (autosummarize), in the background; each build summarises the rest before dbt reads
-#   staging (summarize_date_indexes). Summarising in each load would read back the pages it just
-#   wrote: a quarter more time for a load of 1M rows.
+#   staging (summarize_date_indexes). A load of one date does not: it would read back the pages it
+#   just wrote, a quarter more time for a load of 1M rows. A load of many dates summarises as it
+#   goes, since each date's delete would otherwise read all the dates before (load._DateIndex).
 _IN_LOAD_ORDER = " with (autovacuum_vacuum_insert_threshold = -1)"
 
 

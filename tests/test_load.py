@@ -14,7 +14,7 @@ import luigi
 import psycopg2
 import pytest
 
-from tasks import db, extract, overwrite, staging
+from tasks import db, extract, load, overwrite, staging
 from tasks.load import LoadEvents, LoadFailed, LoadHistory, load_partitions
 
 from conftest import EVENT_WITH_KEY, ROOT, query, run_cli, write_lines
@@ -165,6 +165,18 @@ def test_staging_tables_skip_the_vacuum_after_inserts_alone(database_url, one_fi
     for table in (staging.EVENTS.table, staging.ORGANIZATIONS.table):
         (options,) = query("select reloptions from pg_class where oid = %s::regclass", (table.name,))[0]
         assert "autovacuum_vacuum_insert_threshold=-1" in options
+
+
+def test_a_load_of_many_dates_keeps_the_date_indexes_summarised(database_url, one_file_source, monkeypatch):
+    # Else each date's delete reads every page the dates before it wrote (load._DateIndex).
+    days = (D1, D2, D3)
+    # 2.6 MB: ranges of pages enough that some stay unsummarised without _DateIndex
+    lines = [event(n, f"{days[n % 3]}T10:00:00Z", pad="x" * 100) for n in range(12_000)]
+    write_lines(one_file_source / "events_sample.json", lines)
+    monkeypatch.setattr(load, "SUMMARIZE_ROWS", 1)
+    assert run(LoadHistory(date=D3)).status == luigi.LuigiStatusCode.SUCCESS
+    # Summarising now finds only the last range, which PostgreSQL leaves until it is full.
+    assert query("select brin_summarize_new_values(%s::regclass)", (EVENTS.table.date_index,)) == [(0,)]
 
 
 def test_a_load_does_not_wait_for_the_loads_still_open(database_url):
