@@ -9,10 +9,12 @@ transaction, its `staging.*` rows (COPY), its rejected lines, its source objects
 load's completion record.
 """
 
+import logging
 import tempfile
 from dataclasses import dataclass, field
 
 import luigi
+from psycopg2 import errors
 
 from tasks import config, db, records, staging
 from tasks.extract import DownloadEvents, DownloadOrganizations, SourceError, downloaded, source
@@ -220,19 +222,32 @@ class _DateIndex:
     summarised pages: unsummarised, every delete of a task's next date read every page its earlier
     dates wrote, a cost that grew with the square of the dates a first run loads. Summarising costs
     a transaction of its own, so it runs once about a range of pages was written (SUMMARIZE_ROWS),
-    not per date. PostgreSQL leaves the last range unsummarised until it is full, so a delete reads
-    at most that range besides its own date's."""
+    not per date; a delete then reads at most the pages written since, besides its own date's.
+    It is only a saving: when the index is busy (vacuum, another summary) or not the pipeline's
+    to summarise, the load goes on without it."""
 
     def __init__(self, conn, dataset: staging.Dataset, dates: int):
-        self.conn, self.dataset, self.many = conn, dataset, dates > 1
+        self.conn, self.dataset = conn, dataset
+        self.many = dates > 1 and dataset.table.in_load_order  # the other date indexes are B-trees
         self.rows = 0  # written since the last summary
 
     def wrote(self, rows: int) -> None:
         self.rows += rows
-        if self.many and self.rows >= SUMMARIZE_ROWS:
+        if not self.many or self.rows < SUMMARIZE_ROWS:
+            return
+        try:
             with self.conn, self.conn.cursor() as cur:
-                cur.execute("select brin_summarize_new_values(%s::regclass)", (self.dataset.table.date_index,))
+                # Give way within 100 ms, before a waiting lock would make autovacuum give way to it.
+                cur.execute("set local lock_timeout = '100ms'")
+                cur.execute("select brin_summarize_new_values(to_regclass(%s))", (self.dataset.table.date_index,))
             self.rows = 0
+        except errors.LockNotAvailable:
+            pass  # busy: the next date tries again
+        except (errors.InsufficientPrivilege, errors.WrongObjectType) as err:
+            self.many = False
+            logging.getLogger(__name__).warning(
+                "not summarising %s during this load: %s", self.dataset.table.date_index, err
+            )
 
 
 def _commit(conn, group: _Group, partition: Partition, rows, progress):
