@@ -239,7 +239,7 @@ class _DateIndex:
             with self.conn, self.conn.cursor() as cur:
                 # Give way within 100 ms, before a waiting lock would make autovacuum give way to it.
                 cur.execute("set local lock_timeout = '100ms'")
-                cur.execute("select brin_summarize_new_values(to_regclass(%s))", (self.dataset.table.date_index,))
+                staging.summarize_date_index(cur, self.dataset.table)
             self.rows = 0
         except errors.LockNotAvailable:
             pass  # busy: the next date tries again

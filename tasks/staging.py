@@ -314,8 +314,13 @@ def summarize_date_indexes(cur) -> None:
     (share update exclusive, for the call only) lets loads and reads go on."""
     for table in TABLES:
         if table.in_load_order:
-            # to_regclass: null, and nothing to do, before the first load made the table
-            cur.execute("select brin_summarize_new_values(to_regclass(%s))", (table.date_index,))
+            summarize_date_index(cur, table)
+
+
+def summarize_date_index(cur, table: Table) -> None:
+    """Summarise the BRIN date index of a table kept in load order over its pages not summarised yet."""
+    # to_regclass: null, and nothing to do, before the first load made the table
+    cur.execute("select brin_summarize_new_values(to_regclass(%s))", (table.date_index,))
 
 
 def ensure_tables(conn) -> None:
