@@ -30,6 +30,8 @@ SNAPSHOT = "snap_organization"
 NODE_RESULTS = ("LogModelResult", "LogTestResult", "LogSnapshotResult")
 # Unit tests check the SQL, not the data: they run in `make test`, not in every build.
 BUILD_OPTIONS = ("--exclude-resource-type", "unit_test")
+# dbt commands that neither write relations nor check them: by hand, they run beside a build.
+READ_ONLY_COMMANDS = ("clean", "compile", "debug", "deps", "docs", "init", "list", "ls", "parse", "show", "source")
 
 
 class DbtFailed(Exception):
@@ -127,8 +129,9 @@ def invoke(conn, arguments: list, settings: dict, log_path: Path, on_event=None)
 
 
 @contextlib.contextmanager
-def dbt_lock():
+def dbt_lock(on_wait=None):
     """A session advisory lock: one dbt on the warehouse at a time, across every scheduler and machine.
+    `on_wait` is called once when another holds it, before waiting for it.
 
     Whoever holds it may end dbt sessions left by a holder that died (their client is gone), so a
     build never meets half-built relations of a killed one.
@@ -137,7 +140,11 @@ def dbt_lock():
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute("select pg_advisory_lock(hashtext('etl.dbt'))")
+            cur.execute("select pg_try_advisory_lock(hashtext('etl.dbt'))")
+            if not cur.fetchone()[0]:
+                if on_wait:
+                    on_wait()
+                cur.execute("select pg_advisory_lock(hashtext('etl.dbt'))")
             wait = ", 10000" if conn.server_version >= 140000 else ""  # terminate waits for the exit
             cur.execute(
                 f"""
@@ -335,12 +342,29 @@ class BuildWarehouse(luigi.Task):
         self.summary = f"built the warehouse for {console.span(dates(self))}: dbt {counts or 'nothing to do'}"
 
 
+def changes_warehouse(arguments: list) -> bool:
+    """Whether dbt ARGUMENTS may write relations, or read them while a build writes (a test): any
+    command but those known to do neither."""
+    command = next((argument for argument in arguments if not argument.startswith("-")), None)
+    return command is not None and command not in READ_ONLY_COMMANDS
+
+
 def run_by_hand(arguments: list) -> int:
-    """`make dbt ARGS="..."`: any dbt command against the pipeline's database, in this terminal."""
+    """`make dbt ARGS="..."`: any dbt command against the pipeline's database, in this terminal.
+    A command that changes the warehouse waits for the build lock, as a build does, so it never
+    runs beside a pipeline's build (and a build waits for it)."""
     conn = db.connect()
     try:
         env = dbt_environment(conn)
     finally:
         conn.close()
     env["ETL_DBT_APPLICATION"] = f"{DBT_APPLICATION}-by-hand"  # not a build's: see dbt_lock
-    return subprocess.call(dbt_command(arguments or ["--help"]), cwd=DBT_PROJECT, env=env)
+    command = dbt_command(arguments or ["--help"])
+    if not changes_warehouse(arguments):
+        return subprocess.call(command, cwd=DBT_PROJECT, env=env)
+
+    def waiting():
+        console.say("waiting for the dbt build running on this warehouse to finish (one dbt at a time)")
+
+    with dbt_lock(on_wait=waiting):
+        return subprocess.call(command, cwd=DBT_PROJECT, env=env)

@@ -8,13 +8,15 @@ their column types: a build of a fresh database, with its staging tables empty, 
 import datetime
 import json
 import subprocess
+import sys
+import time
 
 import pytest
 import yaml
 
 from tasks import db, staging, transform
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from test_report import REPORT_2024_03_05, WORKED_EXAMPLE, one_file_source, run_etl
 
 UNIT_TESTS = {
@@ -70,6 +72,37 @@ def test_dbt_by_hand_reaches_the_pipeline_database_under_its_own_name(database_u
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "| named_by_hand |" in result.stdout
     assert " True |" in result.stdout
+
+
+def test_dbt_by_hand_waits_for_a_build_when_it_changes_the_warehouse(database_url):
+    # A hand `dbt test` (or run, build...) beside a pipeline's build would read half-built state or
+    # collide with its relations: it takes the build lock. A command that changes nothing does not.
+    with db.transaction() as conn:
+        staging.ensure_tables(conn)
+    with transform.dbt_lock() as build, build.cursor() as cur:
+        listed = run_cli("dbt", "ls", "--select", "dim_user", timeout=300)
+        assert listed.returncode == 0, listed.stdout[-2000:] + listed.stderr[-2000:]
+        assert "product_events.dimensional.dim_user" in listed.stdout
+        by_hand = subprocess.Popen(
+            [sys.executable, "-m", "tasks", "dbt", "test", "--select", "source:staging"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 120
+        while True:
+            cur.execute("select count(*) from pg_locks where locktype = 'advisory' and not granted")
+            if cur.fetchone()[0]:
+                break
+            assert by_hand.poll() is None, by_hand.stdout.read()[-2000:]
+            assert time.monotonic() < deadline, "dbt by hand never asked for the build lock"
+            time.sleep(0.05)  # poll interval of a condition on the server's locks
+        assert by_hand.poll() is None  # still waiting, as long as the build holds the lock
+    output, _ = by_hand.communicate(timeout=300)
+    assert by_hand.returncode == 0, output[-3000:]
+    assert "waiting for the dbt build running on this warehouse to finish" in output
+    assert {r["status"] for r in run_results()} == {"pass"}
 
 
 def build_worked_example_with_one_row_spoiled(tmp_path, monkeypatch, update: str) -> None:
