@@ -1,12 +1,13 @@
 """Forced reprocessing (`FORCE=1`): make date D, and every existing report after it, incomplete again.
 
-Reads and removes completion records only: D's download and partition-ledger rows, and the build
-and report records of D and of every later date that has a report (each of them saw partition D).
-No data is deleted here: the same run reloads D in one transaction and rebuilds those reports, so
-no stale report is left behind.
+Reads and removes completion records: D's download and partition-ledger rows, and the build and
+report records of D and of every later date that has a report (each of them saw partition D); and
+this machine's report files of those dates, so that a run that fails leaves no report its records
+no longer vouch for. No data is deleted here: the same run reloads D in one transaction and
+rebuilds those reports.
 """
 
-from tasks import completion, db, staging
+from tasks import completion, console, db, export, staging
 
 
 def invalidate(date) -> tuple:
@@ -29,4 +30,16 @@ def invalidate(date) -> tuple:
         ledger.forget()
     if later:
         done.append(f"reports after {date} will be rebuilt too: {', '.join(map(str, later))}")
+    removed = set()
+    for day in [date] + later:
+        for kind in ("csv",) + export.PICTURES:
+            path = export.report_path(day, kind)
+            if path.exists():
+                path.unlink()
+                removed.add(day)
+    if removed:
+        done.append(
+            f"removed the old report files of {console.span(sorted(removed))} from {export.report_path(date).parent}"
+            " until this run writes them again"
+        )
     return done, [date] + later

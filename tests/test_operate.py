@@ -137,6 +137,24 @@ def test_force_reloads_a_date_and_invalidates_later_reports(database_url, worked
     assert run_cli("run-etl", "2024-03-05").stdout.endswith(expected)
 
 
+def test_a_failed_forced_run_leaves_no_report_its_records_no_longer_vouch_for(database_url, worked_example):
+    assert run_cli("backfill", "2024-03-03", "2024-03-05").returncode == 0
+    reports = worked_example.parent / "work" / "reports"
+    assert (reports / "cohort_summary_2024-03-04.csv").exists() and (reports / "cohort_summary_2024-03-05.png").exists()
+    # The "corrected" source of 2024-03-04 is worse: its day is now over max_reject_ratio.
+    spoiled = WORKED_EXAMPLE.replace('{"id":"e9",', '{"id":9,')
+    assert spoiled != WORKED_EXAMPLE
+    (worked_example / "events_sample.json").write_text(spoiled)
+
+    forced = run_cli("run-etl", "2024-03-04", "--force")
+    assert forced.returncode == 30, forced.stdout[-3000:] + forced.stderr[-3000:]
+    assert "removed the old report files of 2024-03-04 … 2024-03-05 (2 dates)" in forced.stdout
+    # The old files of both dates are gone with their etl.report records; the dates before stay.
+    assert not list(reports.glob("cohort_summary_2024-03-0[45].*"))
+    assert query("select count(*) from etl.report where run_date >= '2024-03-04'") == [(0,)]
+    assert (reports / "cohort_summary_2024-03-03.csv").exists()
+
+
 def test_a_backfill_ends_with_every_data_test_on_every_row(database_url, worked_example):
     assert run_cli("run-etl", "2024-03-05").returncode == 0
     # A row gone wrong that the next build does not write: its own tests check only what it wrote.
