@@ -32,6 +32,10 @@ NODE_RESULTS = ("LogModelResult", "LogTestResult", "LogSnapshotResult")
 BUILD_OPTIONS = ("--exclude-resource-type", "unit_test")
 # dbt commands that neither write relations nor check them: by hand, they run beside a build.
 READ_ONLY_COMMANDS = ("clean", "compile", "debug", "deps", "docs", "init", "list", "ls", "parse", "show", "source")
+# dbt's flags that build from no rows or a sample of them. Here that is no dry run: `dbt build
+# --empty` on a built warehouse rebuilt dim_organization empty and cleared the history's record of
+# the partitions it holds.
+PARTIAL_INPUT_FLAGS = ("--empty", "--sample")
 
 
 class DbtFailed(Exception):
@@ -344,15 +348,24 @@ class BuildWarehouse(luigi.Task):
 
 def changes_warehouse(arguments: list) -> bool:
     """Whether dbt ARGUMENTS may write relations, or read them while a build writes (a test): any
-    command but those known to do neither."""
-    command = next((argument for argument in arguments if not argument.startswith("-")), None)
-    return command is not None and command not in READ_ONLY_COMMANDS
+    command but those known to do neither. The command comes first (`python -m tasks dbt` takes
+    dbt's flags after it)."""
+    return bool(arguments) and arguments[0] not in READ_ONLY_COMMANDS
 
 
 def run_by_hand(arguments: list) -> int:
     """`make dbt ARGS="..."`: any dbt command against the pipeline's database, in this terminal.
     A command that changes the warehouse waits for the build lock, as a build does, so it never
-    runs beside a pipeline's build (and a build waits for it)."""
+    runs beside a pipeline's build (and a build waits for it); it may not build from partial input."""
+    partial = [a for a in arguments if a.split("=")[0] in PARTIAL_INPUT_FLAGS]
+    if partial and changes_warehouse(arguments):
+        print(
+            f"error: refused {' '.join(partial)}: dbt would build this warehouse from no rows or a sample, emptying"
+            " its tables and moving its incremental state on without the rows. To try the models, build a scratch"
+            " warehouse (make run-etl with another ETL_DATABASE_URL and ETL_DATA_DIR).",
+            file=sys.stderr,
+        )
+        return 2
     conn = db.connect()
     try:
         env = dbt_environment(conn)

@@ -74,6 +74,23 @@ def test_dbt_by_hand_reaches_the_pipeline_database_under_its_own_name(database_u
     assert " True |" in result.stdout
 
 
+def test_dbt_by_hand_refuses_to_build_from_empty_or_sampled_input():
+    # `dbt build --empty` on a built warehouse emptied dim_organization and cleared the history's
+    # record of its partitions: refused before dbt starts. A command that writes nothing may use it.
+    for arguments, flag in [
+        (["build", "--empty"], "--empty"),
+        (["run", "--select", "dim_user", "--sample=3 days"], "--sample=3 days"),
+        (["snapshot", "--empty"], "--empty"),
+    ]:
+        result = run_cli("dbt", *arguments)
+        assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+        assert f"error: refused {flag}: dbt would build this warehouse from no rows or a sample" in result.stderr
+        assert "Running with dbt" not in result.stdout
+    assert not transform.changes_warehouse(["compile", "--empty"])
+    assert not transform.changes_warehouse([])
+    assert transform.changes_warehouse(["test", "--log-level", "debug"])
+
+
 def test_dbt_by_hand_waits_for_a_build_when_it_changes_the_warehouse(database_url):
     # A hand `dbt test` (or run, build...) beside a pipeline's build would read half-built state or
     # collide with its relations: it takes the build lock. A command that changes nothing does not.
