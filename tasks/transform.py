@@ -6,17 +6,20 @@ of its date indexes before dbt reads it, the `historical`, `snapshots`,
 `dimensional` and `reporting` schemas through dbt, dbt's log under
 `<data_dir>/logs/`, and one `etl.build` record per report date once its build passed. Progress and
 results come from dbt's structured interface (`--log-format json` events and `run_results.json`).
+`make dbt` by hand runs here too; its artifacts go to `<data_dir>/dbt/target-by-hand`.
 """
 
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import luigi
+from psycopg2 import errors
 
 from tasks import completion, config, console, db, processes, staging
 from tasks.load import LoadHistory
@@ -30,12 +33,13 @@ SNAPSHOT = "snap_organization"
 NODE_RESULTS = ("LogModelResult", "LogTestResult", "LogSnapshotResult")
 # Unit tests check the SQL, not the data: they run in `make test`, not in every build.
 BUILD_OPTIONS = ("--exclude-resource-type", "unit_test")
-# dbt commands that neither write relations nor check them: by hand, they run beside a build.
+# dbt commands meant neither to write relations nor to check them: by hand, they run beside a build
+# (SQL given to `show` is the user's to keep read-only).
 READ_ONLY_COMMANDS = ("clean", "compile", "debug", "deps", "docs", "init", "list", "ls", "parse", "show", "source")
-# dbt's flags that build from no rows or a sample of them. Here that is no dry run: `dbt build
-# --empty` on a built warehouse rebuilt dim_organization empty and cleared the history's record of
-# the partitions it holds.
-PARTIAL_INPUT_FLAGS = ("--empty", "--sample")
+# dbt's flags (and the variables dbt reads them from) that build from no rows or a sample of them.
+# Here that is no dry run: `dbt build --empty` on a built warehouse rebuilt dim_organization empty
+# and cleared the history's record of the partitions it holds.
+PARTIAL_INPUT_FLAGS = {"--empty": "DBT_EMPTY", "--sample": "DBT_SAMPLE"}
 
 
 class DbtFailed(Exception):
@@ -69,7 +73,7 @@ def dbt_environment(conn) -> dict:
     connects exactly as the pipeline does (password from any route, TLS settings included), and
     dbt's variables naming the project and where its artifacts and log go."""
     env = {
-        **os.environ,
+        **{name: value for name, value in os.environ.items() if name not in PARTIAL_INPUT_FLAGS.values()},
         **db.child_environment(conn),
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
         # dbt's own variables for its flags: any command finds the project, and a flag given by hand wins
@@ -148,7 +152,16 @@ def dbt_lock(on_wait=None):
             if not cur.fetchone()[0]:
                 if on_wait:
                     on_wait()
-                cur.execute("select pg_advisory_lock(hashtext('etl.dbt'))")
+                # A second at a time: libpq would resume an endless wait after Ctrl-C's signal, and
+                # Python handles the signal between statements.
+                cur.execute("set lock_timeout = '1s'")
+                while True:
+                    try:
+                        cur.execute("select pg_advisory_lock(hashtext('etl.dbt'))")
+                        break
+                    except errors.LockNotAvailable:
+                        continue
+                cur.execute("reset lock_timeout")
             wait = ", 10000" if conn.server_version >= 140000 else ""  # terminate waits for the exit
             cur.execute(
                 f"""
@@ -348,36 +361,68 @@ class BuildWarehouse(luigi.Task):
 
 def changes_warehouse(arguments: list) -> bool:
     """Whether dbt ARGUMENTS may write relations, or read them while a build writes (a test): any
-    command but those known to do neither. The command comes first (`python -m tasks dbt` takes
-    dbt's flags after it)."""
-    return bool(arguments) and arguments[0] not in READ_ONLY_COMMANDS
+    command but those known to do neither, and but a request for help. The command comes first
+    (`python -m tasks dbt` takes dbt's flags after it)."""
+    asks_help = "-h" in arguments or "--help" in arguments
+    return bool(arguments) and arguments[0] not in READ_ONLY_COMMANDS and not asks_help
+
+
+def partial_input(arguments: list) -> list:
+    """dbt's flags among ARGUMENTS, and dbt's variables set here, that build from partial input."""
+    given = [argument for argument in arguments if argument.split("=")[0] in PARTIAL_INPUT_FLAGS]
+    return given + [f"{name}={os.environ[name]}" for name in PARTIAL_INPUT_FLAGS.values() if os.environ.get(name)]
 
 
 def run_by_hand(arguments: list) -> int:
     """`make dbt ARGS="..."`: any dbt command against the pipeline's database, in this terminal.
-    A command that changes the warehouse waits for the build lock, as a build does, so it never
-    runs beside a pipeline's build (and a build waits for it); it may not build from partial input."""
-    partial = [a for a in arguments if a.split("=")[0] in PARTIAL_INPUT_FLAGS]
+
+    A command that changes the warehouse may not build from partial input, and runs as a build
+    does: under the build lock (a build waits for it, and it for a build), named as a build's (so
+    that the next holder ends what a killed one left), dying with this process. Its artifacts go
+    to a folder of their own, not the one builds read their results from."""
+    partial = partial_input(arguments)
     if partial and changes_warehouse(arguments):
         print(
-            f"error: refused {' '.join(partial)}: dbt would build this warehouse from no rows or a sample, emptying"
-            " its tables and moving its incremental state on without the rows. To try the models, build a scratch"
-            " warehouse (make run-etl with another ETL_DATABASE_URL and ETL_DATA_DIR).",
+            f"error: refused {' '.join(partial)}: dbt would build this warehouse from no rows or only a sample,"
+            " leaving its tables short and moving its incremental state on without the rows. To try the models,"
+            " build a scratch warehouse (make run-etl with another ETL_DATABASE_URL and ETL_DATA_DIR).",
             file=sys.stderr,
         )
         return 2
-    conn = db.connect()
-    try:
-        env = dbt_environment(conn)
-    finally:
-        conn.close()
-    env["ETL_DBT_APPLICATION"] = f"{DBT_APPLICATION}-by-hand"  # not a build's: see dbt_lock
     command = dbt_command(arguments or ["--help"])
     if not changes_warehouse(arguments):
+        conn = db.connect()
+        try:
+            env = _by_hand_environment(conn)
+        finally:
+            conn.close()
+        env["ETL_DBT_APPLICATION"] = f"{DBT_APPLICATION}-by-hand"  # not a build's: see dbt_lock
         return subprocess.call(command, cwd=DBT_PROJECT, env=env)
 
     def waiting():
-        console.say("waiting for the dbt build running on this warehouse to finish (one dbt at a time)")
+        console.say("waiting for the dbt running on this warehouse (a build, or a test or dbt run by hand) to finish")
 
-    with dbt_lock(on_wait=waiting):
-        return subprocess.call(command, cwd=DBT_PROJECT, env=env)
+    parent = os.getpid()
+    try:
+        with (
+            dbt_lock(on_wait=waiting) as conn,
+            subprocess.Popen(
+                command,
+                cwd=DBT_PROJECT,
+                # a build's name: should this process die, the next holder of the lock ends its sessions
+                env={**_by_hand_environment(conn), "ETL_DBT_APPLICATION": DBT_APPLICATION},
+                preexec_fn=lambda: processes.die_with_parent(parent),
+            ) as dbt,
+            db.guarded(conn, on_dead=dbt.kill),
+        ):
+            try:
+                return dbt.wait()
+            except KeyboardInterrupt:
+                dbt.wait()  # Ctrl-C reached dbt too: the lock goes once it has cancelled its queries
+                raise
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT  # as a shell reports it
+
+
+def _by_hand_environment(conn) -> dict:
+    return {**dbt_environment(conn), "DBT_TARGET_PATH": str(target_path().with_name("target-by-hand"))}

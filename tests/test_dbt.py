@@ -74,52 +74,83 @@ def test_dbt_by_hand_reaches_the_pipeline_database_under_its_own_name(database_u
     assert " True |" in result.stdout
 
 
-def test_dbt_by_hand_refuses_to_build_from_empty_or_sampled_input():
+@pytest.mark.parametrize(
+    "arguments, environment, refused",
+    [
+        (["build", "--empty"], {}, "--empty"),
+        (["run", "--select", "dim_user", "--sample=3 days"], {}, "--sample=3 days"),
+        (["snapshot"], {"DBT_EMPTY": "1"}, "DBT_EMPTY=1"),
+    ],
+)
+def test_dbt_by_hand_refuses_to_build_from_empty_or_sampled_input(arguments, environment, refused):
     # `dbt build --empty` on a built warehouse emptied dim_organization and cleared the history's
-    # record of its partitions: refused before dbt starts. A command that writes nothing may use it.
-    for arguments, flag in [
-        (["build", "--empty"], "--empty"),
-        (["run", "--select", "dim_user", "--sample=3 days"], "--sample=3 days"),
-        (["snapshot", "--empty"], "--empty"),
-    ]:
-        result = run_cli("dbt", *arguments)
-        assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
-        assert f"error: refused {flag}: dbt would build this warehouse from no rows or a sample" in result.stderr
-        assert "Running with dbt" not in result.stdout
-    assert not transform.changes_warehouse(["compile", "--empty"])
-    assert not transform.changes_warehouse([])
+    # record of its partitions: refused before dbt starts, or any connection (this server is none).
+    nowhere = {"ETL_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/nowhere", **environment}
+    result = run_cli("dbt", *arguments, env=nowhere)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"error: refused {refused}: dbt would build this warehouse from no rows or only a sample" in result.stderr
+
+
+def test_which_dbt_commands_by_hand_change_the_warehouse():
     assert transform.changes_warehouse(["test", "--log-level", "debug"])
+    assert transform.changes_warehouse(["run-operation", "some_macro"])
+    assert not transform.changes_warehouse(["compile", "--empty"])  # so --empty is allowed there
+    assert not transform.changes_warehouse(["run", "--help"])
+    assert not transform.changes_warehouse([])
 
 
+def test_builds_ignore_dbt_variables_for_partial_input(database_url, monkeypatch):
+    monkeypatch.setenv("DBT_EMPTY", "1")
+    monkeypatch.setenv("DBT_SAMPLE", "3 days")
+    conn = db.connect()
+    try:
+        env = transform.dbt_environment(conn)
+    finally:
+        conn.close()
+    assert "DBT_EMPTY" not in env and "DBT_SAMPLE" not in env
+
+
+@pytest.mark.slow
 def test_dbt_by_hand_waits_for_a_build_when_it_changes_the_warehouse(database_url):
     # A hand `dbt test` (or run, build...) beside a pipeline's build would read half-built state or
     # collide with its relations: it takes the build lock. A command that changes nothing does not.
     with db.transaction() as conn:
         staging.ensure_tables(conn)
-    with transform.dbt_lock() as build, build.cursor() as cur:
-        listed = run_cli("dbt", "ls", "--select", "dim_user", timeout=300)
-        assert listed.returncode == 0, listed.stdout[-2000:] + listed.stderr[-2000:]
-        assert "product_events.dimensional.dim_user" in listed.stdout
-        by_hand = subprocess.Popen(
-            [sys.executable, "-m", "tasks", "dbt", "test", "--select", "source:staging"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        deadline = time.monotonic() + 120
-        while True:
-            cur.execute("select count(*) from pg_locks where locktype = 'advisory' and not granted")
-            if cur.fetchone()[0]:
-                break
-            assert by_hand.poll() is None, by_hand.stdout.read()[-2000:]
-            assert time.monotonic() < deadline, "dbt by hand never asked for the build lock"
-            time.sleep(0.05)  # poll interval of a condition on the server's locks
-        assert by_hand.poll() is None  # still waiting, as long as the build holds the lock
-    output, _ = by_hand.communicate(timeout=300)
+    by_hand = None
+    try:
+        with transform.dbt_lock() as build, build.cursor() as cur:
+            listed = run_cli("dbt", "ls", "--select", "dim_user", timeout=300)
+            assert listed.returncode == 0, listed.stdout[-2000:] + listed.stderr[-2000:]
+            assert "product_events.dimensional.dim_user" in listed.stdout
+            by_hand = subprocess.Popen(
+                [sys.executable, "-m", "tasks", "dbt", "test", "--select", "source:staging"],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            deadline = time.monotonic() + 120
+            while True:
+                cur.execute(
+                    "select count(*) from pg_locks where locktype = 'advisory' and not granted"
+                    " and database = (select oid from pg_database where datname = current_database())"
+                )
+                if cur.fetchone()[0]:
+                    break
+                assert by_hand.poll() is None, by_hand.stdout.read()[-2000:]
+                assert time.monotonic() < deadline, "dbt by hand never asked for the build lock"
+                time.sleep(0.05)  # poll interval of a condition on the server's locks
+            assert by_hand.poll() is None  # still waiting, as long as the build holds the lock
+        output, _ = by_hand.communicate(timeout=300)
+    finally:
+        if by_hand and by_hand.poll() is None:
+            by_hand.kill()
     assert by_hand.returncode == 0, output[-3000:]
-    assert "waiting for the dbt build running on this warehouse to finish" in output
-    assert {r["status"] for r in run_results()} == {"pass"}
+    assert "waiting for the dbt running on this warehouse" in output
+    # Its results are its own: a build reads its results from target_path(), never these.
+    results = json.loads((transform.target_path().with_name("target-by-hand") / "run_results.json").read_text())
+    assert {r["status"] for r in results["results"]} == {"pass"}
+    assert not (transform.target_path() / "run_results.json").exists()
 
 
 def build_worked_example_with_one_row_spoiled(tmp_path, monkeypatch, update: str) -> None:
