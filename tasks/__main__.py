@@ -340,6 +340,13 @@ def run_tasks(args, first, last, scheduler_args, started_at, ended: dict) -> int
             (path, console.report_rows(path)) for path in (paths[:1] if args.command == "run-etl" else paths[-1:])
         ]
     console.print_summary(result, days, outcome, reports)
+    if args.command == "run-etl" and args.force and code != 0 and len(days) > 1:
+        # Their records are gone: a second FORCE would find no later report to rebuild.
+        console.say(
+            f"the reports of {', '.join(map(str, days[1:]))} are not rebuilt yet: once the cause is fixed,"
+            f" `make run-etl DATE={days[0]} FORCE=1` and then `make backfill FROM={days[1]} TO={days[-1]}`"
+            " finish what this run began"
+        )
     if reports and args.command == "run-etl":
         print(reports[0][0].read_text(), end="")
     ended["status"] = "success" if code == 0 else outcome.split(" ")[0]

@@ -7,7 +7,7 @@ no longer vouch for. No data is deleted here: the same run reloads D in one tran
 rebuilds those reports.
 """
 
-from tasks import completion, console, db, export, staging
+from tasks import completion, db, export, staging
 
 
 def invalidate(date) -> tuple:
@@ -39,7 +39,7 @@ def invalidate(date) -> tuple:
                 removed.add(day)
     if removed:
         done.append(
-            f"removed the old report files of {console.span(sorted(removed))} from {export.report_path(date).parent}"
-            " until this run writes them again"
+            f"removed the old report files of {', '.join(map(str, sorted(removed)))} from"
+            f" {export.report_path(date).parent} until this run writes them again"
         )
     return done, [date] + later

@@ -148,11 +148,23 @@ def test_a_failed_forced_run_leaves_no_report_its_records_no_longer_vouch_for(da
 
     forced = run_cli("run-etl", "2024-03-04", "--force")
     assert forced.returncode == 30, forced.stdout[-3000:] + forced.stderr[-3000:]
-    assert "removed the old report files of 2024-03-04 … 2024-03-05 (2 dates)" in forced.stdout
+    assert "removed the old report files of 2024-03-04, 2024-03-05 from" in forced.stdout
     # The old files of both dates are gone with their etl.report records; the dates before stay.
     assert not list(reports.glob("cohort_summary_2024-03-0[45].*"))
     assert query("select count(*) from etl.report where run_date >= '2024-03-04'") == [(0,)]
     assert (reports / "cohort_summary_2024-03-03.csv").exists()
+    # What is left to do is said, and does it once the source is right.
+    assert "the reports of 2024-03-05 are not rebuilt yet" in forced.stdout
+    assert (
+        "`make run-etl DATE=2024-03-04 FORCE=1` and then `make backfill FROM=2024-03-05 TO=2024-03-05`"
+        " finish what this run began" in forced.stdout
+    )
+    (worked_example / "events_sample.json").write_text(WORKED_EXAMPLE)
+    assert run_cli("run-etl", "2024-03-04", "--force").returncode == 0
+    assert not (reports / "cohort_summary_2024-03-05.csv").exists()  # as the failed run said
+    finished = run_cli("backfill", "2024-03-05", "2024-03-05")
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    assert (reports / "cohort_summary_2024-03-05.csv").read_text() == REPORT_2024_03_05
 
 
 def test_a_backfill_ends_with_every_data_test_on_every_row(database_url, worked_example):
