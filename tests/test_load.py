@@ -174,8 +174,20 @@ def test_a_load_of_many_dates_keeps_the_date_index_summarised(database_url, one_
     lines = [event(n, f"{days[n % 3]}T10:00:00Z", pad="x" * 100) for n in range(12_000)]
     write_lines(one_file_source / "events_sample.json", lines)
     monkeypatch.setattr(load, "SUMMARIZE_ROWS", 1)
+    summarised_with = []  # the dates staging held at each summary of the load
+
+    def summarize_date_index(cur, table):
+        if table.name == EVENTS.table.name:
+            cur.execute(f"select array_agg(distinct date order by date) from {table.name}")
+            summarised_with.append(cur.fetchone()[0])
+        return summarize(cur, table)
+
+    summarize = staging.summarize_date_index
+    monkeypatch.setattr(staging, "summarize_date_index", summarize_date_index)
     assert run(LoadHistory(date=D3)).status == luigi.LuigiStatusCode.SUCCESS
-    # Summarised after each date: nothing is left (without _DateIndex, the ranges this load wrote).
+    # Summarised between dates, so that the next date's delete skips the pages before it ...
+    assert summarised_with[:2] == [[D1], [D1, D2]]
+    # ... and after the last: nothing is left (without _DateIndex, the ranges this load wrote).
     assert query("select brin_summarize_new_values(%s::regclass)", (EVENTS.table.date_index,)) == [(0,)]
 
 
