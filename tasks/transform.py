@@ -15,11 +15,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import luigi
-from psycopg2 import errors
 
 from tasks import completion, config, console, db, processes, staging
 from tasks.load import LoadHistory
@@ -149,19 +149,15 @@ def dbt_lock(on_wait=None):
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("select pg_try_advisory_lock(hashtext('etl.dbt'))")
-            if not cur.fetchone()[0]:
-                if on_wait:
-                    on_wait()
-                # A second at a time: libpq would resume an endless wait after Ctrl-C's signal, and
-                # Python handles the signal between statements.
-                cur.execute("set lock_timeout = '1s'")
-                while True:
-                    try:
-                        cur.execute("select pg_advisory_lock(hashtext('etl.dbt'))")
-                        break
-                    except errors.LockNotAvailable:
-                        continue
-                cur.execute("reset lock_timeout")
+            held = cur.fetchone()[0]
+            if not held and on_wait:
+                on_wait()
+            while not held:
+                # Asked again each second rather than waited for in the server: libpq resumes a
+                # wait that Ctrl-C's signal interrupted, so the wait could not be stopped.
+                time.sleep(1)
+                cur.execute("select pg_try_advisory_lock(hashtext('etl.dbt'))")
+                held = cur.fetchone()[0]
             wait = ", 10000" if conn.server_version >= 140000 else ""  # terminate waits for the exit
             cur.execute(
                 f"""
