@@ -189,7 +189,13 @@ def parse_args(argv):
     commands.add_parser("test-warehouse", help="every dbt data test on every row of the warehouse")
     dbt = commands.add_parser("dbt", help="run any dbt command against the pipeline's database")
     dbt.add_argument("arguments", nargs=argparse.REMAINDER)
-    return parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "dbt":
+        # dbt's own options before its command (`--debug run`) are dbt's, not ours; they come first.
+        args.arguments = unknown + args.arguments
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def run_warehouse_tests(run_started_at=None) -> int:

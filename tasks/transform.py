@@ -357,8 +357,9 @@ class BuildWarehouse(luigi.Task):
 
 def changes_warehouse(arguments: list) -> bool:
     """Whether dbt ARGUMENTS may write relations, or read them while a build writes (a test): any
-    command but those known to do neither, and but a request for help. The command comes first
-    (`python -m tasks dbt` takes dbt's flags after it)."""
+    command but those known to do neither, and but a request for help. Arguments that start with
+    an option (`--debug ls`) count as changing it: telling an option's value from the command
+    would need dbt's own parser, and waiting for a build is the safe side."""
     asks_help = "-h" in arguments or "--help" in arguments
     return bool(arguments) and arguments[0] not in READ_ONLY_COMMANDS and not asks_help
 

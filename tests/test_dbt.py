@@ -79,6 +79,7 @@ def test_dbt_by_hand_reaches_the_pipeline_database_under_its_own_name(database_u
         (["build", "--empty"], {}, "--empty"),
         (["run", "--select", "dim_user", "--sample=3 days"], {}, "--sample=3 days"),
         (["snapshot"], {"DBT_EMPTY": "1"}, "DBT_EMPTY=1"),
+        (["--debug", "build", "--empty"], {}, "--empty"),  # dbt's options may come before its command
     ],
 )
 def test_dbt_by_hand_refuses_to_build_from_empty_or_sampled_input(arguments, environment, refused):
@@ -96,6 +97,7 @@ def test_which_dbt_commands_by_hand_change_the_warehouse():
     assert not transform.changes_warehouse(["compile", "--empty"])  # so --empty is allowed there
     assert not transform.changes_warehouse(["run", "--help"])
     assert not transform.changes_warehouse([])
+    assert transform.changes_warehouse(["--log-level", "debug", "ls"])  # the safe side
 
 
 def test_builds_ignore_dbt_variables_for_partial_input(database_url, monkeypatch):
