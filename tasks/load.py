@@ -304,18 +304,18 @@ def _commit(conn, group: _Group, partition: Partition, rows, progress):
                     },
                 )
         if over_limit:
-            return RejectRatioExceeded(_ratio_message(dataset, group.objects, partition, limit))
+            return RejectRatioExceeded(_ratio_message(dataset, group.keys, partition, limit))
         return partition
     finally:
         if progress:
             progress(partition)
 
 
-def _ratio_message(dataset, objects, partition: Partition, limit: float) -> str:
+def _ratio_message(dataset, keys, partition: Partition, limit: float) -> str:
     first = "; ".join(f"{key} line {number}: {reason}" for key, number, reason in partition.first_rejects)
     return (
         f"{dataset.table.name} {partition.date}: {partition.rejects} of {partition.lines_read} lines read from "
-        f"{', '.join(sorted({obj.key for obj in objects}))} are bad ({partition.rejects / partition.lines_read:.2%} "
+        f"{', '.join(keys)} are bad ({partition.rejects / partition.lines_read:.2%} "
         f"> max_reject_ratio {limit}); first bad lines: {first}. Every one is in {dataset.rejected.name}. "
         f"Fix the source, or raise [etl] max_reject_ratio in luigi.cfg."
     )

@@ -377,8 +377,9 @@ def run_by_hand(arguments: list) -> int:
     does: under the build lock (a build waits for it, and it for a build), named as a build's (so
     that the next holder ends what a killed one left), dying with this process. Its artifacts go
     to a folder of their own, not the one builds read their results from."""
+    writes = changes_warehouse(arguments)
     partial = partial_input(arguments)
-    if partial and changes_warehouse(arguments):
+    if partial and writes:
         print(
             f"error: refused {' '.join(partial)}: dbt would build this warehouse from no rows or only a sample,"
             " leaving its tables short and moving its incremental state on without the rows. To try the models,"
@@ -387,7 +388,7 @@ def run_by_hand(arguments: list) -> int:
         )
         return 2
     command = dbt_command(arguments or ["--help"])
-    if not changes_warehouse(arguments):
+    if not writes:
         conn = db.connect()
         try:
             env = _by_hand_environment(conn)
