@@ -275,13 +275,15 @@
     {%- endif %}
     delete from {{ target }} as stored_row
     using (
-        select distinct {{ match | join(', ') }} from {{ temp }}
+        select distinct {{ match | join(', ') }} from {{ temp }} as written_row
         {%- if has_partition %}
         -- rows of partitions taken in since this model's last write are new keys (docs.md,
         -- changed_users): after a rework the model was emptied, and otherwise their events are new
-        where partition_date not in (
-            select partition_date from {{ ref('hist_user_event_partition') }}
-            where processed_at > {{ last_written() }}
+        where not exists (
+            select from {{ ref('hist_user_event_partition') }} as taken_partition
+            where
+                taken_partition.partition_date = written_row.partition_date
+                and taken_partition.processed_at > {{ last_written() }}
         )
         {%- endif %}
         {%- if stored %}

@@ -106,7 +106,9 @@ continued_version as (
         -- closing the version changes valid_to and is_current only
         content_changed_at
     from current_version
-    where user_id not in (select late_user.user_id from late_user)
+    -- not exists, not `not in`: an anti-join stays a join however many users are late, where
+    -- `not in` falls back to a scan of late_user per row once late_user outgrows work_mem
+    where not exists (select from late_user where late_user.user_id = current_version.user_id)
 ),
 
 appended_event as (
@@ -119,7 +121,7 @@ appended_event as (
     from new_event
     left join continued_version
         on new_event.user_id = continued_version.user_id
-    where new_event.user_id not in (select late_user.user_id from late_user)
+    where not exists (select from late_user where late_user.user_id = new_event.user_id)
 ),
 
 recomputed_event as (
