@@ -200,7 +200,9 @@ def _decode(raw: bytes):
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as err:
-        if "infinity" not in str(err):
+        # orjson refuses a lone surrogate escape too, which is valid JSON: read it so the line's day
+        # is known (a reject belongs to its day); _jsonb_problem then rejects it.
+        if "infinity" not in str(err) and "surrogate" not in str(err):
             raise
     return _exact_decoder.decode(raw.decode("utf-8"))
 
@@ -212,26 +214,27 @@ def _decode_failure(raw: bytes, err: Exception) -> str:
     except UnicodeDecodeError as bad:
         return f"not valid UTF-8 ({bad.reason} at byte {bad.start})"
     message = str(err)
-    if "surrogate" in message:
-        return "contains a lone surrogate escape, which PostgreSQL jsonb cannot store"
     if "depth limit" in message or isinstance(err, RecursionError):
         return "not valid JSON for the loader: nested deeper than 1024 levels"
     return f"not valid JSON: {message}"
 
 
-def _has_nul(value) -> bool:
+def _strings(value) -> Iterator[str]:
+    """Every string of a decoded JSON value, object keys included."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            if "\x00" in item:
-                return True
+            yield item
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return False
+
+
+# A surrogate left in a decoded string is a lone one: the decoder joins a pair into one character.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _number_out_of_range(token: bytes) -> bool:
@@ -254,11 +257,13 @@ def _number_out_of_range(token: bytes) -> bool:
 
 
 def _jsonb_problem(raw: bytes, record) -> str | None:
-    """Why PostgreSQL's jsonb would refuse a line that orjson accepted, if it would."""
+    """Why PostgreSQL's jsonb would refuse a decoded line, if it would."""
     if len(raw) > MAX_LINE_BYTES:
         return f"longer than {MAX_LINE_BYTES} bytes, more than PostgreSQL jsonb can store"
-    if b"\\u0000" in raw and _has_nul(record):
+    if b"\\u0000" in raw and any("\x00" in text for text in _strings(record)):
         return "contains \\u0000, which PostgreSQL jsonb cannot store"
+    if (b"\\ud" in raw or b"\\uD" in raw) and any(_SURROGATE.search(text) for text in _strings(record)):
+        return "contains a lone surrogate escape, which PostgreSQL jsonb cannot store"
     if _RISKY_NUMBER.search(raw):
         for match in _TOKEN.finditer(raw):
             if match.group(1) and _number_out_of_range(match.group(1)):

@@ -83,6 +83,10 @@ def test_rejected_line_keeps_its_readable_day(tmp_path):
     (missing,) = judged(tmp_path, json.dumps({"id": "e1", "received_at": "2024-02-01T01:00:00+02:00"}).encode())
     assert missing.reason == "missing required field 'event_type'"
     assert missing.received_at == datetime.datetime(2024, 1, 31, 23, tzinfo=UTC)
+    # valid JSON that jsonb cannot store (and orjson refuses to read): its day is still readable
+    (surrogate,) = judged(tmp_path, line(username="x").replace(b'"x"', b'"\\ud800"'))
+    assert "lone surrogate" in surrogate.reason
+    assert surrogate.received_at == records.parse_timestamp(GOOD["received_at"])
     (broken,) = judged(tmp_path, b'{"id": "e1", "received_at": "2024-01-05T09:00:00Z", "x": NaN}')
     assert broken.received_at is None  # not strict JSON: its day cannot be read
 
