@@ -346,10 +346,19 @@ def read_blocks(stream, name: str, required) -> Iterator[list]:
     if head.startswith(BOM):
         head = head[len(BOM) :]
     if head.lstrip(JSON_WHITESPACE)[:1] == b"[":
-        elements = _array_elements(head + b"".join(chunks), name, required)
-        while block := list(itertools.islice(elements, 1024)):
-            yield block
-        return
+        data = head + b"".join(chunks)
+        try:
+            elements = _array_elements(data, name)
+        except SourceError:
+            if not _first_line_stands_alone(data):
+                raise
+            # NDJSON whose first line is an array: one bad line, not a broken JSON array
+            head, chunks = b"", (data[start : start + CHUNK] for start in range(0, len(data), CHUNK))
+        else:
+            judged = (judge(number, text.encode("utf-8"), required) for number, text in enumerate(elements, start=1))
+            while block := list(itertools.islice(judged, 1024)):
+                yield block
+            return
     number = 0
     # No name holds a block or its source chunks while its lines are judged: a long line's bytes
     # are then held once, by its line, as they were before blocks.
@@ -459,8 +468,21 @@ def _judge_block(raws: list, number: int, required, careful: bool) -> list:
     return lines
 
 
-def _array_elements(data: bytes, name: str, required) -> Iterator[Line]:
-    """Elements of a JSON-array object, numbered from 1; the array must parse as a whole."""
+def _first_line_stands_alone(data: bytes) -> bool:
+    """Whether the object's first line is a whole JSON value with more lines after it. A JSON array
+    spread over lines cannot start so; NDJSON whose first line is an array (a bad line) does."""
+    first, _, rest = data.partition(b"\n")
+    if not rest.strip(JSON_WHITESPACE):
+        return False
+    try:
+        json.loads(first)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def _array_elements(data: bytes, name: str) -> list:
+    """The elements of a JSON-array object, each as its text; the array must parse as a whole."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -487,5 +509,4 @@ def _array_elements(data: bytes, name: str, required) -> Iterator[Line]:
     except (ValueError, RecursionError) as err:
         reason = "an element is nested too deeply" if isinstance(err, RecursionError) else err
         raise SourceError(f"{name}: the JSON array does not parse as a whole ({reason})") from None
-    for number, element in enumerate(elements, start=1):
-        yield judge(number, element.encode("utf-8"), required)
+    return elements

@@ -130,6 +130,24 @@ def test_json_array_that_does_not_parse_fails_the_object(tmp_path, content):
         judged(tmp_path, content)
 
 
+@pytest.mark.parametrize(
+    "first, reason",
+    [(b'["not", "an", "object"]', "not a JSON object but array"), (b"[1, NaN]", "not valid JSON"), (b"[]", "array")],
+)
+def test_ndjson_whose_first_line_is_an_array_rejects_that_line_only(tmp_path, first, reason):
+    # It starts with "[" but does not parse as one array; its first line is a whole value of its own.
+    result = judged(tmp_path, first + b"\n" + line() + b"\n\n" + line(id="e2") + b"\n")
+    assert [(r.number, r.is_valid) for r in result] == [(1, False), (2, True), (4, True)]
+    assert reason in result[0].reason and result[0].raw == first
+
+
+def test_a_json_array_spread_over_lines_still_fails_whole_when_broken(tmp_path):
+    # Its first line is not a value of its own ("[" or "[{...},"), so it is not taken for NDJSON.
+    for content in (b"[\n" + line() + b",\n" + line(id="e2") + b",\n", b"[" + line() + b",\n" + line(id="e2")):
+        with pytest.raises(records.SourceError, match="does not parse as a whole"):
+            judged(tmp_path, content)
+
+
 def test_empty_array_and_empty_file(tmp_path):
     assert judged(tmp_path, b"[ ]") == []
     assert judged(tmp_path, b"") == []
