@@ -104,7 +104,7 @@ class _Group:
         self.partitions = {partition.date: partition for partition in partitions}
         self.route_by_day = route_by_day
         self.rejects = Spool()
-        self._first_seen = {day: {} for day in self.partitions}
+        self._first_seen = {}  # _check_unique's values seen, by the day routed to (None: every day)
         self._writers = {}  # (table, partition date, source key) -> row function bound to that origin
 
     def blocks(self):
@@ -135,14 +135,15 @@ class _Group:
             return
         routed = {}
         for line in block:
-            for partition in self._targets(line):
-                # Judged per partition: a duplicate in one partition is not one in the next.
-                judged = self._check_unique(partition, key, line)
-                if judged.reason is None:
+            targets = self._targets(line)
+            if targets:
+                line = self._check_unique(key, line)
+            for partition in targets:
+                if line.reason is None:
                     partition.rows += 1
-                    routed.setdefault(partition.date, []).append(judged)
+                    routed.setdefault(partition.date, []).append(line)
                 else:
-                    self._reject(partition, key, judged)
+                    self._reject(partition, key, line)
         for date, lines in routed.items():
             yield self.partitions[date], key, lines
 
@@ -155,11 +156,14 @@ class _Group:
         # read belongs to every partition the objects are read for.
         return self.partitions.values()
 
-    def _check_unique(self, partition: Partition, key: str, line):
-        """The line, or the line as a reject when an earlier valid line of the partition had its value."""
+    def _check_unique(self, key: str, line):
+        """The line, or the line as a reject when an earlier valid line of its partitions had its value."""
         name = self.dataset.unique_field
         if name and line.is_valid:
-            first_seen = self._first_seen[partition.date]
+            # One verdict serves every partition the line goes to, since they all read the same lines
+            # before it (routed by day, the lines of its day): one list of values per day routed to,
+            # not one per partition, which would grow with the dates of a backfill.
+            first_seen = self._first_seen.setdefault(line.day if self.route_by_day else None, {})
             value = line.record[name]
             if value in first_seen:
                 return line._replace(reason=f"duplicate {name} (first at {first_seen[value]})")

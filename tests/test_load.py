@@ -421,9 +421,10 @@ def test_a_second_entry_of_an_organization_is_rejected(database_url, daily_sourc
             {"organization_key": "o1", "organization_name": "again"},
         ],
     )
-    assert run(extract.DownloadOrganizations(D1)).status == luigi.LuigiStatusCode.SUCCESS
+    for date in (D1, D2):
+        assert run(extract.DownloadOrganizations(date)).status == luigi.LuigiStatusCode.SUCCESS
     with pytest.raises(LoadFailed, match="max_reject_ratio"):
-        load_partitions(staging.ORGANIZATIONS, [D1], route_by_day=False)
-    assert query("select line_number, reason from staging.organization_rejected") == [
-        (3, "duplicate organization_key (first at orgs.json line 1)")
+        load_partitions(staging.ORGANIZATIONS, [D1, D2], route_by_day=False)  # one read for both dates
+    assert query("select date, line_number, reason from staging.organization_rejected order by date") == [
+        (date, 3, "duplicate organization_key (first at orgs.json line 1)") for date in (D1, D2)
     ]
