@@ -1,4 +1,5 @@
-"""Transform: one `dbt build` of the warehouse layers for a batch of report dates, one build at a time.
+"""Transform: one `dbt build` of the warehouse layers for a batch of report dates, one build at a time
+(after a snapshot-only build for each earlier date of the batch whose organization list changed).
 
 Reads the staging partitions (through tasks.load's ledgers) and the dbt project in `dbt/`; writes
 staging's tables when an older version made them (tasks.staging.ensure_tables) and the summaries
