@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 import luigi
+import psycopg2
 from psycopg2 import errors
 
 from tasks import config, db, records, staging
@@ -80,13 +81,20 @@ class Spool:
 
 class _Reader:
     """A file-like view of an iterator of COPY chunks: each read hands over the next chunk whole,
-    so the cost stays linear however long one line is."""
+    so the cost stays linear however long one line is. A failure of the iterator (the source:
+    a truncated gzip, a cut connection) is kept in `error`, since psycopg2 passes it on only as
+    text inside its own COPY error."""
 
     def __init__(self, chunks):
         self._chunks = iter(chunks)
+        self.error = None
 
     def read(self, size=-1) -> bytes:
-        return next(self._chunks, b"")
+        try:
+            return next(self._chunks, b"")
+        except Exception as err:
+            self.error = err
+            raise
 
     def readline(self, size=-1) -> bytes:
         return self.read(size)
@@ -282,15 +290,11 @@ def _commit(conn, group: _Group, partition: Partition, rows, progress):
                 {"date": partition.date},
             )
             cur.execute("savepoint before_rows")
-            cur.copy_expert(dataset.table.copy_statement(), _Reader(staging.copy_data(rows)), size=CHUNK_BYTES)
+            _copy(cur, dataset.table.copy_statement(), rows)
             over_limit = partition.lines_read and partition.rejects / partition.lines_read > limit
             if over_limit:
                 cur.execute("rollback to savepoint before_rows")
-            cur.copy_expert(
-                dataset.rejected.copy_statement(),
-                _Reader(staging.copy_data(group.rejects.read(partition.date))),
-                size=CHUNK_BYTES,
-            )
+            _copy(cur, dataset.rejected.copy_statement(), group.rejects.read(partition.date))
             if not over_limit:
                 cur.execute(
                     f"insert into {dataset.objects_table} (date, object_number, source_key)"
@@ -313,6 +317,18 @@ def _commit(conn, group: _Group, partition: Partition, rows, progress):
     finally:
         if progress:
             progress(partition)
+
+
+def _copy(cur, statement: str, rows) -> None:
+    """COPY the rows; a failure of the source while COPY reads it is raised as itself (its message
+    names the object), not as COPY's text about it."""
+    reader = _Reader(staging.copy_data(rows))
+    try:
+        cur.copy_expert(statement, reader, size=CHUNK_BYTES)
+    except psycopg2.Error:
+        if reader.error is not None:
+            raise reader.error from None
+        raise
 
 
 def _ratio_message(dataset, keys, partition: Partition, limit: float) -> str:
