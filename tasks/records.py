@@ -469,9 +469,10 @@ def _judge_block(raws: list, number: int, required, careful: bool) -> list:
 
 
 def _first_line_stands_alone(data: bytes) -> bool:
-    """Whether the object's first line is a whole JSON value with more lines after it. A JSON array
-    spread over lines cannot start so; NDJSON whose first line is an array (a bad line) does."""
-    first, _, rest = data.partition(b"\n")
+    """Whether the object's first non-blank line is a whole JSON value with more lines after it. A
+    JSON array spread over lines cannot start so; NDJSON whose first line is an array (a bad line)
+    does."""
+    first, _, rest = data.lstrip(JSON_WHITESPACE).partition(b"\n")
     if not rest.strip(JSON_WHITESPACE):
         return False
     try:

@@ -139,6 +139,9 @@ def test_ndjson_whose_first_line_is_an_array_rejects_that_line_only(tmp_path, fi
     result = judged(tmp_path, first + b"\n" + line() + b"\n\n" + line(id="e2") + b"\n")
     assert [(r.number, r.is_valid) for r in result] == [(1, False), (2, True), (4, True)]
     assert reason in result[0].reason and result[0].raw == first
+    # blank lines before it are tolerated, as anywhere in NDJSON
+    result = judged(tmp_path, b"\n \r\n" + first + b"\n" + line() + b"\n")
+    assert [(r.number, r.is_valid) for r in result] == [(3, False), (4, True)]
 
 
 def test_a_json_array_spread_over_lines_still_fails_whole_when_broken(tmp_path):
