@@ -245,15 +245,21 @@ def _skip_dlt(why: str) -> None:
     print(f"warning: dlt baseline skipped: {why}", file=sys.stderr)
 
 
+# One version of dlt, so that the row compares with the same code from run to run and machine to machine.
+DLT_VERSION = "1.31.0"
+
+
 def _dlt_python(venv_dir: Path):
-    """The venv's python with dlt importable, making the venv first if needed; None when that fails."""
+    """The venv's python with dlt DLT_VERSION, making the venv first if needed; None when that fails."""
     python = venv_dir / "bin" / "python"
-    if python.exists() and subprocess.run([python, "-c", "import dlt"], capture_output=True).returncode == 0:
+    has_dlt = f"import importlib.metadata as m; assert m.version('dlt') == {DLT_VERSION!r}"
+    if python.exists() and subprocess.run([python, "-c", has_dlt], capture_output=True).returncode == 0:
         return python
     pip = venv_dir / "bin" / "pip"
     steps = (
-        ("could not create the virtualenv", ["python3", "-m", "venv", str(venv_dir)]),
-        ("could not install dlt[postgres]", [str(pip), "install", "--quiet", "dlt[postgres]"]),
+        # The interpreter running the bench (the project's), not whichever python3 is first on PATH.
+        ("could not create the virtualenv", [sys.executable, "-m", "venv", str(venv_dir)]),
+        ("could not install dlt[postgres]", [str(pip), "install", "--quiet", f"dlt[postgres]=={DLT_VERSION}"]),
     )
     for why, command in steps:
         try:
