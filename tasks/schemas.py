@@ -35,6 +35,8 @@ def _pipeline_names() -> set:
     names.add(("etl", "run_run_id_seq"))
     # user_active_interval's log of changes for active_interval_count (dbt/macros/interval_counts.sql)
     names.add(("reporting", "user_active_interval__count_change"))
+    # the history's log of the users a rework touched (dbt/macros/history_changes.sql)
+    names.add(("historical", "hist_user_event__reworked_user"))
     for path in list((DBT_PROJECT / "models").glob("*/*.sql")) + list((DBT_PROJECT / "snapshots").glob("*.sql")):
         schema = "snapshots" if path.parent.name == "snapshots" else path.parent.name
         names.add((schema, path.stem))

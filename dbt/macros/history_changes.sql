@@ -50,10 +50,31 @@
 -#}
 {% macro get_incremental_first_delivery_sql(arg_dict) %}
     {%- set target = arg_dict['target_relation'] -%}
+    {%- set temp = arg_dict['temp_relation'] -%}
     {%- set columns = arg_dict['dest_columns'] | map(attribute='name') | list -%}
+    {{ create_reworked_user_log(target) }};
+
+    -- The users of the rows deleted or replaced here may have lost events: they are logged, and the
+    -- models after the history recompute them whole (reworked_users). A daily build deletes none.
     -- = any(array(…)): the changed partitions are found once, then looked up in the index
-    delete from {{ target }}
-    where partition_date = any(array({{ changed_event_partitions() }}));
+    with deleted_row as (
+        delete from {{ target }}
+        where partition_date = any(array({{ changed_event_partitions() }}))
+        returning user_id
+    )
+    insert into {{ reworked_user_log(target) }} (user_id, changed_at)
+    select distinct user_id, {{ build_stamp() }} from deleted_row;
+    {%- if history_reworked_now() %}
+
+    -- only a rework can replace a row (a delivery earlier than the stored one): its old user
+    insert into {{ reworked_user_log(target) }} (user_id, changed_at)
+    select distinct history.user_id, {{ build_stamp() }}
+    from {{ temp }} as delivered
+    inner join {{ target }} as history
+        on delivered.event_id = history.event_id
+    where (delivered.partition_date, delivered.source_key, delivered.line_number)
+        < (history.partition_date, history.source_key, history.line_number);
+    {%- endif %}
 
     insert into {{ target }} as history ({{ columns | join(', ') }})
     select {{ columns | join(', ') }}
@@ -75,38 +96,77 @@
 
 
 {#-
-    Whether the history was reworked (a partition reloaded, removed, or loaded before one already
-    processed) since this model's rows were last written: then rows of users the history no longer
-    names could be stale, so the model is rebuilt whole.
+    Whether this build of the history reworks it: a changed partition was processed before, or is
+    older than one that was (hist_user_event_partition.is_rework). Only then can rows it already
+    holds be deleted or replaced.
 -#}
-{% macro history_reworked() -%}
-    {%- if not execute or not is_incremental() -%}
+{% macro history_reworked_now() -%}
+    {%- if not execute -%}
         {{ return(false) }}
     {%- endif -%}
     {%- set query -%}
         select exists (
             select from {{ ref('hist_user_event_partition') }}
-            where is_rework and processed_at > {{ last_written() }}
+            where is_rework and load_id is distinct from processed_load_id
         )
     {%- endset -%}
     {{ return(run_query(query).columns[0].values()[0]) }}
 {%- endmacro %}
 
 
-{#- Pre-hook: empty the model before it is rebuilt whole (see history_reworked). -#}
-{% macro clear_when_history_reworked() %}
-    {%- if history_reworked() -%}
-        delete from {{ this }}
-    {%- endif -%}
+{#- The history's log of reworked users: whose rows a rework deleted or replaced, and when. Beside
+    `history`, the history's relation (the history itself passes its own: it cannot ref itself). -#}
+{% macro reworked_user_log(history=none) -%}
+    {%- set history = history if history is not none else ref('hist_user_event') -%}
+    {{ return(history.incorporate(path={'identifier': history.identifier ~ '__reworked_user'})) }}
+{%- endmacro %}
+
+
+{% macro create_reworked_user_log(history) %}
+    create table if not exists {{ reworked_user_log(history) }} (
+        user_id text collate "C" not null,
+        changed_at timestamptz not null
+    );
+    create index if not exists {{ history.identifier }}__reworked_user__changed_at
+    on {{ reworked_user_log(history) }} (changed_at)
 {% endmacro %}
 
 
 {#-
-    Whether this build adds to the model's rows (an incremental build, the history not reworked since
-    the model's rows were last written), rather than computing them all.
+    The users a rework of the history touched since this model's rows were last written (a query of
+    user_id): the model recomputes each of them whole, and its strategy deletes every stored row of
+    theirs first, since a user may have lost events, or all of them.
+-#}
+{% macro reworked_users() -%}
+    select reworked.user_id from {{ reworked_user_log() }} as reworked
+    where reworked.changed_at > {{ last_written() }}
+{%- endmacro %}
+
+
+{#- Whether some user was reworked since this model's rows were last written. -#}
+{% macro has_reworked_users() -%}
+    {%- if not execute or not is_incremental() -%}
+        {{ return(false) }}
+    {%- endif -%}
+    {%- set exists_query -%}
+        select to_regclass('{{ reworked_user_log().include(database=false) }}') is not null
+    {%- endset -%}
+    {%- if not run_query(exists_query).columns[0].values()[0] -%}
+        {{ return(false) }}
+    {%- endif -%}
+    {%- set query -%}
+        select exists ({{ reworked_users() }})
+    {%- endset -%}
+    {{ return(run_query(query).columns[0].values()[0]) }}
+{%- endmacro %}
+
+
+{#-
+    Whether this build adds to the model's rows (an incremental build), rather than computing them
+    all (the first build, a full refresh).
 -#}
 {% macro adds_to_this() -%}
-    {{ return(execute and is_incremental() and not history_reworked()) }}
+    {{ return(execute and is_incremental()) }}
 {%- endmacro %}
 
 
@@ -115,7 +175,7 @@
     `event_types` when the model reads only those: a query of user_id, a user once per such row.
     The time is a literal, so the planner sees how few rows it selects and uses the index on
     changed_at. Outside a rework a build only adds history rows, so a user whose new rows are of
-    other types keeps the model's rows.
+    other types keeps the model's rows (a rework's users are recomputed whole: reworked_users).
 -#}
 {% macro changed_users(event_types=none) -%}
     select changed.user_id from {{ ref('hist_user_event') }} as changed
@@ -129,8 +189,8 @@
 
 {#-
     A condition on `column` (a user_id) selecting the users whose rows a model must recompute: the
-    changed_users when the build adds to the model's rows, every user (true) on a first build or
-    after a rework.
+    changed_users when the build adds to the model's rows, every user (true) on a first build or a
+    full refresh.
 -#}
 {% macro changed_user(column, event_types=none) -%}
     {%- if adds_to_this() -%}
@@ -147,7 +207,7 @@
     ctid), in a temporary table that lives until the model's transaction ends. The model continues
     the chains from these rows and writes each of them again, so replace_keys deletes them where
     they are stored (model config `stages_current_versions`) instead of looking their keys up among
-    millions of rows. After a rework the pre-hook before it emptied the model: nothing to stage.
+    millions of rows.
 
     A day touches about as many users however long the history, but dim_user keeps every version,
     so a scan of it grows with each day kept. Once the table has more pages than the day has users
@@ -269,6 +329,20 @@
     delete from {{ target }}
     where ctid = any(array(select stored_ctid from {{ stored }}));
     {%- endif %}
+    {%- if has_reworked_users() %}
+
+    -- every stored row of the users a rework touched, which the model computed whole
+    {%- if logs_replaced %}
+    with reworked_row as (
+    {%- endif %}
+    delete from {{ target }} as stored_row
+    where stored_row.user_id = any(array({{ reworked_users() }}))
+    {%- if logs_replaced %}
+    returning stored_row.*
+    )
+    {{ log_interval_changes('reworked_row', -1) }}
+    {%- endif %};
+    {%- endif %}
 
     {%- if logs_replaced %}
     with replaced_row as (
@@ -278,7 +352,8 @@
         select distinct {{ match | join(', ') }} from {{ temp }} as written_row
         {%- if has_partition %}
         -- rows of partitions taken in since this model's last write are new keys (docs.md,
-        -- changed_users): after a rework the model was emptied, and otherwise their events are new
+        -- changed_users): their events are new, or a rework replaced them, and then every row of
+        -- their users was deleted above
         where not exists (
             select from {{ ref('hist_user_event_partition') }} as taken_partition
             where

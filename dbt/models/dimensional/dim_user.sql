@@ -10,7 +10,7 @@
             {'columns': ['content_changed_at']},
         ],
         stages_current_versions=true,
-        pre_hook=["{{ clear_when_history_reworked() }}", "{{ stage_current_versions() }}"],
+        pre_hook="{{ stage_current_versions() }}",
         post_hook="{{ analyze_changed() }}",
     )
 }}
@@ -18,7 +18,8 @@
 -- A build writes the versions its new lifecycle events open, and the version before them that they
 -- close (docs.md, block changed_users). A user whose new events all come after their current
 -- version continues the chain from it; a user with a new event that sorts before it (a late event)
--- has the whole chain computed again, as has every user on a first build or after a rework. The
+-- has the whole chain computed again, as has every user on a first build, and every user a rework
+-- of the history touched (reworked_users), whose stored versions replace_keys deletes first. The
 -- current versions come from the pre-hook stage_current_versions, with where they are stored; the
 -- replace_keys strategy (macros/history_changes.sql) replaces exactly the versions written.
 -- depends_on: {{ ref('hist_user_event_partition') }}
@@ -82,6 +83,11 @@ late_user as (
             {{ lifecycle_rank('current_version.opened_by_event_type') }},
             current_version.opened_by_event_id
         )
+    {%- if has_reworked_users() %}
+    -- a user a rework touched may have lost events: their chain is computed again, as a late one
+    union
+    select reworked.user_id from ({{ reworked_users() }}) as reworked
+    {%- endif %}
 ),
 
 -- the current version stands for every event before the new ones: it sets all it holds

@@ -8,7 +8,6 @@
             {'columns': ['user_id']},
             {'columns': ['changed_at']},
         ],
-        pre_hook="{{ clear_when_history_reworked() }}",
         post_hook="{{ analyze_changed() }}",
     )
 }}
@@ -61,6 +60,13 @@ relinked_event as (
         on
             other_event.user_id = relink_from.user_id
             and other_event.received_at >= relink_from.relink_from_at
+    {%- if has_reworked_users() %}
+    -- every event of a user a rework touched: their stored facts are all replaced
+    union
+    select other_event.*
+    from other_event
+    where other_event.user_id = any(array({{ reworked_users() }}))
+    {%- endif %}
 ),
 
 {% else %}

@@ -9,7 +9,7 @@
             {'columns': ['changed_at']},
         ],
         logs_replaced_intervals=true,
-        pre_hook=["{{ log_interval_reset() }}", "{{ clear_when_history_reworked() }}"],
+        pre_hook="{{ log_interval_reset() }}",
         post_hook="{{ analyze_changed() }}",
     )
 }}
@@ -30,6 +30,11 @@ with
 -- the changed users with a new creation or deletion (docs.md, changed_users)
 recomputed_user as (
     select distinct user_id from ({{ changed_users(interval_event_types()) }}) as changed
+    {%- if has_reworked_users() %}
+    -- a user a rework touched may have lost events: their intervals are computed again
+    union
+    select reworked.user_id from ({{ reworked_users() }}) as reworked
+    {%- endif %}
 ),
 
 -- each changed user's events looked up on their own, through the index on user_id: "offset 0"
