@@ -16,8 +16,9 @@
 -- event type is linked to the version in effect at the event. A build writes the facts of the
 -- versions whose contents dim_user computed since this model's rows, the other events written
 -- since, and the other events at or after the first such version of its user (their version in
--- effect may have changed; earlier ones keep theirs): docs.md, block changed_users. replace_keys
--- replaces exactly those.
+-- effect may have changed; earlier ones keep theirs), and every event of a user a rework of the
+-- history touched: docs.md, block changed_users. replace_keys replaces exactly those, and every
+-- stored fact of those users.
 -- depends_on: {{ ref('hist_user_event_partition') }}
 
 with
