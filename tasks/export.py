@@ -18,6 +18,7 @@ from tasks.transform import BuildWarehouse
 
 HEADER = ("cohort_month", "months_since_signup", "cohort_size", "active_users", "retention_rate")
 PICTURES = ("png", "svg")
+KINDS = ("csv",) + PICTURES  # every file a report date has
 
 
 def report_path(date, kind: str = "csv"):
@@ -92,7 +93,7 @@ def stored(days, kind: str) -> dict:
 def deliver(days) -> list:
     """Write the recorded report files of `days` here (another worker may have exported them);
     returns the CSV paths."""
-    for kind in ("csv",) + PICTURES:
+    for kind in KINDS:
         for day, content in stored(days, kind).items():
             path = report_path(day, kind)
             if not path.exists() or path.read_bytes() != content:

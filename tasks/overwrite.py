@@ -32,7 +32,7 @@ def invalidate(date) -> tuple:
         done.append(f"reports after {date} will be rebuilt too: {', '.join(map(str, later))}")
     removed = set()
     for day in [date] + later:
-        for kind in ("csv",) + export.PICTURES:
+        for kind in export.KINDS:
             path = export.report_path(day, kind)
             if path.exists():
                 path.unlink()

@@ -149,16 +149,19 @@ def dbt_lock(on_wait=None):
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute("select pg_try_advisory_lock(hashtext('etl.dbt'))")
-            held = cur.fetchone()[0]
+
+            def take() -> bool:
+                cur.execute("select pg_try_advisory_lock(hashtext('etl.dbt'))")
+                return cur.fetchone()[0]
+
+            held = take()
             if not held and on_wait:
                 on_wait()
             while not held:
                 # Asked again each second rather than waited for in the server: libpq resumes a
                 # wait that Ctrl-C's signal interrupted, so the wait could not be stopped.
                 time.sleep(1)
-                cur.execute("select pg_try_advisory_lock(hashtext('etl.dbt'))")
-                held = cur.fetchone()[0]
+                held = take()
             wait = ", 10000" if conn.server_version >= 140000 else ""  # terminate waits for the exit
             cur.execute(
                 f"""
