@@ -61,16 +61,14 @@ def correct_partition(folder, day):
     """The partition of `day` corrected: every 5th line gone and the probe user's creation, and
     events first delivered on the days after it delivered in it too, one of them for another user
     and one with another name."""
-    path = folder / "events" / f"date={day}" / "part-0.json"
+
+    def part(date):
+        return folder / "events" / f"date={date}" / "part-0.json"
+
+    path = part(day)
     lines = path.read_bytes().splitlines()
-    later = [
-        line
-        for offset in range(1, 6)
-        if (folder / "events" / f"date={day + datetime.timedelta(days=offset)}").exists()
-        for line in (folder / "events" / f"date={day + datetime.timedelta(days=offset)}" / "part-0.json")
-        .read_bytes()
-        .splitlines()
-    ]
+    later_parts = [part(day + datetime.timedelta(days=offset)) for offset in range(1, 6)]
+    later = [line for later_part in later_parts if later_part.exists() for line in later_part.read_bytes().splitlines()]
     moved = [records.judge(0, line, records.EVENT_REQUIRED).record for line in later]
     moved = [event for event in moved if event is not None][:6]
     moved[0]["user_id"] += "-moved"

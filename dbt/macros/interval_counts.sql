@@ -5,7 +5,8 @@
     logs, in the transaction that replaces a user's rows, what that did to each group of intervals
     (minus the rows it replaced, plus the rows it wrote), in a table of its own beside it; the next
     build of active_interval_count adds the logged changes to its counts and empties the log. A
-    build that writes user_active_interval whole (the first, a full refresh) logs a reset instead: active_interval_count then counts every interval again.
+    build that writes user_active_interval whole (the first, a full refresh) logs a reset instead:
+    active_interval_count then counts every interval again.
 -#}
 
 {#- The log beside `intervals` (the relation of user_active_interval). -#}
