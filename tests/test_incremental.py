@@ -1,7 +1,9 @@
 """Incremental builds equal a build from scratch: the bundled sample delivered day by day (some
-events a few days late, some twice), built by successive daily runs with a forced reload among
-them, gives the same warehouse, row for row, as one first build of the same partitions."""
+events a few days late, some twice), built by successive daily runs with forced reloads among them
+(whose builds fail after the history until a later build catches up), gives the same warehouse,
+row for row, as one first build of the same partitions."""
 
+import contextlib
 import datetime
 import json
 
@@ -114,9 +116,28 @@ def pad_dim_user(copies: int) -> None:
         cur.execute("analyze dimensional.dim_user")
 
 
+@contextlib.contextmanager
+def failing_inserts(table: str):
+    """Every row inserted into `table` fails a check, until the block ends: a model's build fails."""
+    with db.transaction() as conn, conn.cursor() as cur:
+        cur.execute(f"alter table {table} add constraint injected_fault check (false) not valid")
+    try:
+        yield
+    finally:
+        with db.transaction() as conn, conn.cursor() as cur:
+            cur.execute(f"alter table {table} drop constraint injected_fault")
+
+
 def run(date):
     result = luigi.build([RunEtl(date=date)], local_scheduler=True, detailed_summary=True, log_level="WARNING")
     assert result.status == luigi.LuigiStatusCode.SUCCESS, result.summary_text
+
+
+def rebuild(dates):
+    """The run FORCE=1 makes after its invalidation: RunEtl of each of `dates`, in one build."""
+    return luigi.build(
+        [RebuildReports(sorted(dates))], local_scheduler=True, detailed_summary=True, log_level="WARNING"
+    )
 
 
 def test_daily_builds_equal_one_build_from_scratch(postgres_server, database_url, tmp_path, monkeypatch, settings):
@@ -127,14 +148,25 @@ def test_daily_builds_equal_one_build_from_scratch(postgres_server, database_url
     settings("etl", max_reject_ratio=0.5)
     for date in RUNS[:2]:
         run(date)
-    # A corrected partition in the middle: the history is reworked, and the layers after it
+    # Corrected partitions in the middle: the history is reworked, and the layers after it
     # recompute the users it touched. Some of its events vanish; some events first delivered later
-    # now come earlier, one of them for another user (the first delivery wins).
-    correct_partition(tmp_path / "source", datetime.date(2024, 1, 15))
-    _, rebuilt = overwrite.invalidate(datetime.date(2024, 1, 15))
-    # as FORCE=1 does: the reports after it are built again, with the next date, in one build
-    dates = [day.isoformat() for day in rebuilt if day in RUNS] + [RUNS[2].isoformat()]
-    result = luigi.build([RebuildReports(dates)], local_scheduler=True, detailed_summary=True, log_level="WARNING")
+    # now come earlier, one of them for another user (the first delivery wins). The builds of both
+    # corrections fail after the history, in dim_user; the next build catches up on both.
+    dates = set()
+    with failing_inserts("dimensional.dim_user"):
+        for day in (datetime.date(2024, 1, 15), datetime.date(2024, 1, 25)):
+            correct_partition(tmp_path / "source", day)
+            # as FORCE=1 does: the reports after it are built again, in one build
+            _, rebuilt = overwrite.invalidate(day)
+            dates |= {report.isoformat() for report in rebuilt if report in RUNS}
+            assert rebuild(dates).status == luigi.LuigiStatusCode.FAILED
+    # the history took in both reworks, and dim_user neither
+    assert query(
+        "select count(distinct changed_at) from historical.hist_user_event__reworked_user"
+        " where changed_at > (select max(changed_at) from dimensional.dim_user)"
+    ) == [(2,)]
+    dates.add(RUNS[2].isoformat())
+    result = rebuild(dates)
     assert result.status == luigi.LuigiStatusCode.SUCCESS, result.summary_text
     # Versions of users with no events make dim_user's pages outnumber the changed users, as a long
     # history does: the last build looks their current versions up (stage_current_versions).
