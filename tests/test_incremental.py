@@ -60,22 +60,39 @@ def daily_source(folder):
 
 
 def correct_partition(folder, day):
-    """The partition of `day` corrected: every 5th line gone and the probe user's creation, and
-    events first delivered on the days after it delivered in it too, one of them for another user
-    and one with another name."""
+    """The partition of `day` corrected: every 5th line gone, the probe user's creation too, and the
+    events also delivered on a later day (their first delivery moves there); and events first
+    delivered on the days after it delivered in it too, one of them for another user and one with
+    another name."""
 
     def part(date):
         return folder / "events" / f"date={date}" / "part-0.json"
 
+    def record(line):
+        return records.judge(0, line, records.EVENT_REQUIRED).record or {}
+
     path = part(day)
     lines = path.read_bytes().splitlines()
     later_parts = [part(day + datetime.timedelta(days=offset)) for offset in range(1, 6)]
-    later = [line for later_part in later_parts if later_part.exists() for line in later_part.read_bytes().splitlines()]
-    moved = [records.judge(0, line, records.EVENT_REQUIRED).record for line in later]
-    moved = [event for event in moved if event is not None][:6]
+    later = [
+        record(line)
+        for later_part in later_parts
+        if later_part.exists()
+        for line in later_part.read_bytes().splitlines()
+    ]
+    later = [event for event in later if event]
+    delivered_later = {event["id"] for event in later}
+    again = [line for line in lines if record(line).get("id") in delivered_later]
+    assert again, "no event of the day is delivered again later"
+    delivered_here = {record(line).get("id") for line in lines}
+    moved = [event for event in later if event["id"] not in delivered_here][:6]
     moved[0]["user_id"] += "-moved"
     moved[1]["username"] = "renamed"
-    kept = [line for number, line in enumerate(lines) if number % 5 != 4 and PROBE_CREATED.encode() not in line]
+    kept = [
+        line
+        for number, line in enumerate(lines)
+        if number % 5 != 4 and PROBE_CREATED.encode() not in line and line not in again
+    ]
     write_lines(path, kept + [json.dumps(event).encode() for event in moved])
 
 

@@ -23,12 +23,17 @@
 
 
 {#-
-    The same partitions as a literal date array, read when the model runs: with literal dates the
-    planner reads just those partitions through the BRIN index on staging.event's date (with a
-    subquery it scans the whole table, whatever the index).
+    The same partitions as a list of dates, earliest first, read when the model runs: as literals
+    (date_array), the planner reads just those partitions through the BRIN index on staging.event's
+    date (with a subquery it scans the whole table, whatever the index).
 -#}
-{% macro changed_event_partition_array() -%}
-    {%- set dates = run_query(changed_event_partitions()).columns[0].values() if execute else [] -%}
+{% macro changed_event_partition_dates() -%}
+    {{ return(run_query(changed_event_partitions() ~ " order by partition_date").columns[0].values() if execute else []) }}
+{%- endmacro %}
+
+
+{#- `dates` as a SQL date array literal. -#}
+{% macro date_array(dates) -%}
     array[{%- for day in dates -%}'{{ day }}'{{ ", " if not loop.last }}{%- endfor -%}]::date[]
 {%- endmacro %}
 

@@ -31,10 +31,11 @@ source_object as (
 
 {% if is_incremental() %}
 
-{% set changed_partitions = changed_event_partition_array() %}
+{% set changed_dates = changed_event_partition_dates() %}
+{% set changed_partitions = date_array(changed_dates) %}
 
 -- events whose winning delivery came from a changed partition (a reload): their first delivery is
--- recomputed from every delivery in staging
+-- recomputed from their deliveries in staging
 reworked_event as (
     select history.event_id
     from {{ this }} as history
@@ -52,6 +53,9 @@ delivery as (
         on staging_event.event_id = reworked_event.event_id
     where
         staging_event.date != all({{ changed_partitions }})
+        -- A reworked event's other deliveries come after the one it lost, the first of all: in
+        -- later partitions. With the bound a literal, only those are read (BRIN), not all history.
+        and staging_event.date > '{{ changed_dates[0] if changed_dates else "infinity" }}'
         -- evaluated once: without reworked events, staging is not read at all
         and exists (select from reworked_event as any_reworked_event)  -- noqa: AL05
 ),
