@@ -31,6 +31,7 @@ TABLES = {
 }
 BOOKKEEPING = {"changed_at", "content_changed_at", "load_id"}
 PROBE_VIEW, PROBE_CREATED = "evt_probe_view", "evt_probe_created"
+KEPT_CREATED = "evt_kept_created"
 
 
 def daily_source(folder):
@@ -52,6 +53,21 @@ def daily_source(folder):
     )
     days.setdefault(datetime.date(2024, 1, 15), []).append(
         json.dumps({**probe, "id": PROBE_CREATED, "event_type": "user_created", "received_at": "2024-01-15T10:00:00Z"})
+    )
+    # A user whose creation the correction of 2024-01-15 leaves as it was (a line up, after the 5th
+    # line's removal), and whose update arrives late, after the correction: the catch-up build
+    # computes their versions again without the reload having changed them.
+    kept = {"user_id": "usr_kept", "organization_id": "org_kept"}
+    days[datetime.date(2024, 1, 15)].insert(
+        5, json.dumps({**kept, "id": KEPT_CREATED, "event_type": "user_created", "received_at": "2024-01-15T08:00:00Z"})
+    )
+    days[datetime.date(2024, 1, 20)].append(
+        json.dumps(
+            {**kept, "id": "evt_kept_updated", "event_type": "user_updated", "received_at": "2024-01-20T08:00:00Z"}
+        )
+    )
+    days[datetime.date(2024, 2, 12)].append(
+        json.dumps({**kept, "id": "evt_kept_late", "event_type": "user_updated", "received_at": "2024-01-17T08:00:00Z"})
     )
     for day, lines in days.items():
         if day <= LAST:
@@ -169,6 +185,8 @@ def test_daily_builds_equal_one_build_from_scratch(postgres_server, database_url
     # recompute the users it touched. Some of its events vanish; some events first delivered later
     # now come earlier, one of them for another user (the first delivery wins). The builds of both
     # corrections fail after the history, in dim_user; the next build catches up on both.
+    kept_row = "select changed_at, load_id, line_number from historical.hist_user_event where event_id = %s"
+    [(kept_at, kept_load, kept_line)] = query(kept_row, (KEPT_CREATED,))
     dates = set()
     with failing_inserts("dimensional.dim_user"):
         for day in (datetime.date(2024, 1, 15), datetime.date(2024, 1, 25)):
@@ -185,6 +203,9 @@ def test_daily_builds_equal_one_build_from_scratch(postgres_server, database_url
     dates.add(RUNS[2].isoformat())
     result = rebuild(dates)
     assert result.status == luigi.LuigiStatusCode.SUCCESS, result.summary_text
+    # A row whose event the correction did not change stays as it was written, in its new place.
+    [(changed_at, load_id, line_number)] = query(kept_row, (KEPT_CREATED,))
+    assert changed_at == kept_at and load_id != kept_load and line_number != kept_line
     # Versions of users with no events make dim_user's pages outnumber the changed users, as a long
     # history does: the last build looks their current versions up (stage_current_versions).
     pad_dim_user(copies=300)

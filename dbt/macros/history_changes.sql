@@ -48,28 +48,51 @@
 
 {#-
     Incremental strategy of hist_user_event. Rows whose winning delivery came from a changed
-    partition are recomputed (the model's rows hold them, unless their id left staging); every
-    new row then enters, or replaces an existing row of its id only when it is an earlier delivery.
-    Both statements touch only the changed partitions' ids, through the indexes on partition_date
-    and event_id, never the whole history.
+    partition are recomputed (the model's rows hold them, unless their id left staging); those
+    that say what they said stay, with their changed_at, and the others are deleted. Every new row
+    then enters, or replaces an existing row of its id only when it is an earlier delivery. The
+    statements touch only the changed partitions' ids, through the indexes on partition_date and
+    event_id, never the whole history.
 -#}
 {% macro get_incremental_first_delivery_sql(arg_dict) %}
     {%- set target = arg_dict['target_relation'] -%}
     {%- set temp = arg_dict['temp_relation'] -%}
     {%- set columns = arg_dict['dest_columns'] | map(attribute='name') | list -%}
+    {#- where a row's delivery lies, which the layers after the history never read -#}
+    {%- set place = ['load_id', 'source_key', 'line_number'] -%}
+    {#- what a row says to those layers -#}
+    {%- set contents = columns | reject('in', place + ['changed_at']) | list -%}
     {{ create_reworked_user_log(target) }};
 
     -- The users of the rows deleted or replaced here may have lost events: they are logged, and the
-    -- models after the history recompute them whole (reworked_users). A daily build deletes none.
+    -- models after the history recompute them whole (reworked_users). A daily build deletes none,
+    -- and a reload only the rows its correction changed: the others, and their users, stay as they were.
     -- = any(array(…)): the changed partitions are found once, then looked up in the index
     with deleted_row as (
-        delete from {{ target }}
-        where partition_date = any(array({{ changed_event_partitions() }}))
-        returning user_id
+        delete from {{ target }} as history
+        where
+            history.partition_date = any(array({{ changed_event_partitions() }}))
+            and not exists (
+                select from {{ temp }} as delivered
+                where
+                    delivered.event_id = history.event_id
+                    and (delivered.{{ contents | join(', delivered.') }})
+                    is not distinct from (history.{{ contents | join(', history.') }})
+            )
+        returning history.user_id
     )
     insert into {{ reworked_user_log(target) }} (user_id, changed_at)
     select distinct user_id, {{ build_stamp() }} from deleted_row;
     {%- if history_reworked_now() %}
+
+    -- the rows that stay take their delivery's place in the partition's current load
+    update {{ target }} as history
+    set {% for column in place %}{{ column }} = delivered.{{ column }}{{ ", " if not loop.last }}{% endfor %}
+    from {{ temp }} as delivered
+    where
+        delivered.event_id = history.event_id
+        and history.partition_date = any(array({{ changed_event_partitions() }}))
+        and (delivered.{{ place | join(', delivered.') }}) is distinct from (history.{{ place | join(', history.') }});
 
     -- only a rework can replace a row (a delivery earlier than the stored one): its old user
     insert into {{ reworked_user_log(target) }} (user_id, changed_at)
@@ -356,14 +379,15 @@
     using (
         select distinct {{ match | join(', ') }} from {{ temp }} as written_row
         {%- if has_partition %}
-        -- rows of partitions taken in since this model's last write are new keys (docs.md,
-        -- changed_users): their events are new, or a rework replaced them, and then every row of
-        -- their users was deleted above
+        -- rows of partitions new to the history since this model's last write are new keys
+        -- (docs.md, changed_users): their events are new. A reworked partition's rows are looked
+        -- up, since a reload keeps the rows it did not change.
         where not exists (
             select from {{ ref('hist_user_event_partition') }} as taken_partition
             where
                 taken_partition.partition_date = written_row.partition_date
                 and taken_partition.processed_at > {{ last_written() }}
+                and not taken_partition.is_rework
         )
         {%- endif %}
         {%- if stored %}
