@@ -34,6 +34,10 @@ SNAPSHOT = "snap_organization"
 NODE_RESULTS = ("LogModelResult", "LogTestResult", "LogSnapshotResult")
 # Unit tests check the SQL, not the data: they run in `make test`, not in every build.
 BUILD_OPTIONS = ("--exclude-resource-type", "unit_test")
+# The history's record of the load of each event partition it reflects (dbt model).
+HISTORY_PARTITIONS = "historical.hist_user_event_partition"
+# Builds in a row that may each find events reloaded meanwhile before one gives up (partitions_behind).
+BUILD_ATTEMPTS = 3
 # dbt commands meant neither to write relations nor to check them: by hand, they run beside a build
 # (SQL given to `show` is the user's to keep read-only).
 READ_ONLY_COMMANDS = ("clean", "compile", "debug", "deps", "docs", "init", "list", "ls", "parse", "show", "source")
@@ -209,7 +213,8 @@ def snapshot_dates(conn, days) -> list:
 
 def build(days, progress=None) -> list:
     """Build the warehouse for report dates `days` (the organization snapshot taken in date order,
-    then one `dbt build`); writes their etl.build records. Returns the dbt runs."""
+    then one `dbt build`, again if events up to the last date were reloaded meanwhile); writes
+    their etl.build records. Returns the dbt runs."""
     log_path = config.data_dir() / "logs" / f"dbt_build_{days[0]}_{days[-1]}.log"
     runs = []
     with dbt_lock() as conn:
@@ -236,17 +241,25 @@ def build(days, progress=None) -> list:
             )
         # Data tests check what this build changed; make test-warehouse checks everything.
         settings = {"run_dates": [day.isoformat() for day in days], "test_scope": "changed"}
-        with conn.cursor() as cur:
-            # The rows this build writes are stamped by the server's clock, not this machine's
-            # (macro build_stamp): builds from several machines then stay in the order they ran.
-            cur.execute("select clock_timestamp()::text")
-            settings["build_stamp"] = cur.fetchone()[0]
         arguments = ["build", *BUILD_OPTIONS]
         if points:
             settings["snapshot_date"] = points[-1].isoformat()
         else:
             arguments += ["--exclude", SNAPSHOT]
-        runs.append(_checked(invoke(conn, arguments, settings, log_path, progress)))
+        for _ in range(BUILD_ATTEMPTS):
+            with conn.cursor() as cur:
+                # The rows this build writes are stamped by the server's clock, not this machine's
+                # (macro build_stamp): builds from several machines then stay in the order they ran.
+                cur.execute("select clock_timestamp()::text")
+                settings["build_stamp"] = cur.fetchone()[0]
+            runs.append(_checked(invoke(conn, arguments, settings, log_path, progress)))
+            behind = partitions_behind(conn, days[-1])
+            if not behind:
+                break
+            runs.pop()  # the records say what the build they vouch for did
+            console.say(f"events of {console.span(behind)} were reloaded during the build: building again")
+        else:
+            raise DbtFailed(f"events of {console.span(behind)} were reloaded during each of {BUILD_ATTEMPTS} builds")
         results = json.dumps(results_summary(runs))
         conn.autocommit = False  # one transaction: ensure_tables' lock is held until its DDL ran
         with conn, conn.cursor() as cur:
@@ -260,6 +273,21 @@ def build(days, progress=None) -> list:
                 (days, results),
             )
     return runs
+
+
+def partitions_behind(conn, through) -> list:
+    """Event partitions up to `through` whose current load the history does not reflect: loaded
+    (a FORCE=1 reload, another run's) after the build took in the partitions. Its report rows would
+    not match them, so the build runs again rather than record them."""
+    with conn.cursor() as cur:
+        cur.execute(
+            f"select loaded.partition_date from {staging.EVENTS.ledger_table} as loaded"
+            f" left join {HISTORY_PARTITIONS} as taken using (partition_date)"
+            " where loaded.partition_date <= %s and loaded.load_id is distinct from taken.processed_load_id"
+            " order by 1",
+            (through,),
+        )
+        return [row[0] for row in cur.fetchall()]
 
 
 def results_summary(runs) -> dict:

@@ -4,22 +4,28 @@ import datetime
 import json
 import shutil
 import socket
+import subprocess
+import sys
+import threading
+import time
 import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
 
 import luigi
+import psycopg2
 import pytest
 
-from tasks import config, db
+from tasks import config, db, overwrite, transform
+from tasks.export import ExportCohortSummary
 from tasks.load import LoadHistory
 from tasks.partitions import dates
 from tasks.transform import BuildWarehouse
-from tasks.workflows import Backfill
+from tasks.workflows import Backfill, RunEtl
 from tools import screenshot
 
-from conftest import query, run_cli
+from conftest import ROOT, query, run_cli
 from test_report import REPORT_2024_03_05, WORKED_EXAMPLE, one_file_source
 
 pytestmark = pytest.mark.slow
@@ -165,6 +171,76 @@ def test_a_failed_forced_run_leaves_no_report_its_records_no_longer_vouch_for(da
     finished = run_cli("backfill", "2024-03-05", "2024-03-05")
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     assert (reports / "cohort_summary_2024-03-05.csv").read_text() == REPORT_2024_03_05
+
+
+# The worked example with 2024-03-04 corrected (u3 was not re-created that day), and its 03-05 report.
+CORRECTED = "\n".join(line for line in WORKED_EXAMPLE.splitlines() if '"id":"e9"' not in line) + "\n"
+CORRECTED_2024_03_05 = REPORT_2024_03_05.replace("2024-01,2,3,2,0.6667", "2024-01,2,3,1,0.3333")
+
+
+def test_a_reload_removes_what_a_build_recorded_from_the_partition_before_it(database_url, worked_example):
+    assert run_cli("backfill", "2024-03-03", "2024-03-05").returncode == 0
+    (worked_example / "events_sample.json").write_text(CORRECTED)
+    overwrite.invalidate(datetime.date(2024, 3, 4))
+    # Another run builds and exports 2024-03-05 after FORCE removed its records and before the
+    # reload of 2024-03-04: from the partition as it was.
+    transform.build([datetime.date(2024, 3, 5)])
+    assert luigi.build([ExportCohortSummary(date=datetime.date(2024, 3, 5))], local_scheduler=True)
+    assert query("select count(*) from etl.report where run_date = '2024-03-05'") == [(1,)]
+
+    reload = run_cli("run-etl", "2024-03-04")
+    assert reload.returncode == 0, reload.stdout[-3000:] + reload.stderr[-3000:]
+    assert query("select count(*) from etl.build where run_date = '2024-03-05'") == [(0,)]
+    assert run_cli("run-etl", "2024-03-05").stdout.endswith(CORRECTED_2024_03_05)
+
+
+def wait_for(condition, seconds=120):
+    """Until `condition()` holds: another process is to reach a state this test can see."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the other process never got there"
+        time.sleep(0.1)
+
+
+def test_a_build_that_a_reload_overtook_builds_again(database_url, worked_example, capsys):
+    assert run_cli("backfill", "2024-03-03", "2024-03-04").returncode == 0
+    (worked_example / "events_sample.json").write_text(CORRECTED)
+    # The build of 2024-03-05 waits for this lock once the history has taken in the partitions;
+    # meanwhile FORCE=1 of 2024-03-04 reloads that partition, and its own build waits for this one.
+    holder = psycopg2.connect(database_url)
+    holder.cursor().execute("lock table reporting.cohort_summary in access exclusive mode")
+    partition_load = "select load_id from staging.event_partition where partition_date = '2024-03-04'"
+    [(first_load,)] = query(partition_load)
+    forced = []
+
+    def force_while_the_build_waits():
+        # The run is started, and waited for, in this thread: it dies with the thread that started it.
+        run = None
+        try:
+            waiting = (
+                "select count(*) from pg_locks where not granted and relation = 'reporting.cohort_summary'::regclass"
+            )
+            wait_for(lambda: query(waiting) == [(1,)])
+            command = [sys.executable, "-m", "tasks", "run-etl", "2024-03-04", "--force"]
+            run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            wait_for(lambda: query(partition_load) not in ([], [(first_load,)]))
+        finally:
+            holder.rollback()
+            holder.close()
+        forced.append((run.communicate(timeout=600)[0], run.returncode))
+
+    helper = threading.Thread(target=force_while_the_build_waits)
+    helper.start()
+    try:
+        built = luigi.build([RunEtl(date=datetime.date(2024, 3, 5))], local_scheduler=True)
+    finally:
+        helper.join()
+    [(output, returncode)] = forced
+    assert returncode == 0, output[-3000:]
+    assert built
+    reports = worked_example.parent / "work" / "reports"
+    assert (reports / "cohort_summary_2024-03-05.csv").read_text() == CORRECTED_2024_03_05
+    assert "events of 2024-03-04 were reloaded during the build: building again" in capsys.readouterr().out
 
 
 def test_a_backfill_ends_with_every_data_test_on_every_row(database_url, worked_example):
