@@ -158,19 +158,6 @@ create table if not exists etl.report (
 """
 
 
-def forget_builds_from(cur, date) -> None:
-    """In a load's transaction: remove the build and report records of `date` and every later date.
-
-    Each of those reports read partition `date`, and a load replaces it. FORCE removes them before
-    its reload, but a build that ran meanwhile (another run's) may have recorded one since, from the
-    partition as it was; this removes it with the data it no longer matches, and the date's next run
-    builds it again."""
-    cur.execute(
-        "delete from etl.build where run_date >= %(date)s; delete from etl.report where run_date >= %(date)s",
-        {"date": date},
-    )
-
-
 def ensure_tables(cur) -> None:
     """Create the etl schema's record tables when missing (serialised: concurrent DDL collides)."""
     db.lock(cur, "etl.ddl")

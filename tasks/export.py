@@ -66,10 +66,24 @@ def write_file(path, content: bytes) -> None:
         temporary.unlink(missing_ok=True)
 
 
+class OutdatedBuild(Exception):
+    """The build a report was read from lost its records before the report was stored."""
+
+
 def store(files: dict) -> None:
     """Record {(date, kind): bytes} in etl.report (one transaction) and write the local files."""
+    days = sorted({day for day, _ in files})
     with db.transaction() as conn, conn.cursor() as cur:
         completion.ensure_tables(cur)
+        # The build records must still be there: FORCE=1 removes them (and waits for this) when it
+        # reloads a partition these reports read.
+        cur.execute("select run_date from etl.build where run_date = any(%s) for share", (days,))
+        outdated = set(days) - {row[0] for row in cur.fetchall()}
+        if outdated:
+            raise OutdatedBuild(
+                f"the build of {console.span(outdated)} was outdated by a reload (FORCE=1) meanwhile:"
+                " nothing exported; run it again"
+            )
         cur.executemany(
             """
             insert into etl.report (run_date, kind, content) values (%s, %s, %s)

@@ -6,8 +6,7 @@ routed to their partitions in that pass (daily layout: the object's date; one-fi
 UTC day of `received_at`; organizations: every date). Writes, per partition and in one
 transaction, its `staging.*` rows (COPY), its rejected lines, its source objects' keys
 (`staging.*_source_object`), and its row in the partition ledger (`staging.*_partition`), the
-load's completion record; and removes the build and report records (`etl.build`, `etl.report`) of
-its date and later ones, which read the partition as it was.
+load's completion record.
 """
 
 import logging
@@ -18,7 +17,7 @@ import luigi
 import psycopg2
 from psycopg2 import errors
 
-from tasks import completion, config, db, records, staging
+from tasks import config, db, records, staging
 from tasks.extract import DownloadEvents, DownloadOrganizations, SourceError, downloaded, source
 from tasks.partitions import PartitionDate, dates, previous_day
 
@@ -290,7 +289,6 @@ def _commit(conn, group: _Group, partition: Partition, rows, progress):
                 ),
                 {"date": partition.date},
             )
-            completion.forget_builds_from(cur, partition.date)
             cur.execute("savepoint before_rows")
             _copy(cur, dataset.table.copy_statement(), rows)
             over_limit = partition.lines_read and partition.rejects / partition.lines_read > limit
@@ -356,8 +354,6 @@ def load_partitions(dataset: staging.Dataset, days, route_by_day: bool, progress
     try:
         with db.guarded(conn):
             staging.ensure_tables(conn)
-            with conn.cursor() as cur:
-                completion.ensure_tables(cur)  # a load removes the build records it outdates
             conn.commit()
             with conn.cursor() as cur:
                 cur.execute("select nextval('staging.load_id_seq') from generate_series(1, %s)", (len(days),))

@@ -1,7 +1,7 @@
 """Forced reprocessing (`FORCE=1`): make date D, and every existing report after it, incomplete again.
 
 Reads and removes completion records: D's download and partition-ledger rows, and the build and
-report records of D and of every later date that has a report (each of them saw partition D); and
+report records of D and of every later date that has a build or a report (each saw partition D); and
 this machine's report files of those dates, so that a run that fails leaves no report its records
 no longer vouch for. No data is deleted here: the same run reloads D in one transaction and
 rebuilds those reports.
@@ -22,7 +22,12 @@ def invalidate(date) -> tuple:
             cur.execute(f"delete from {dataset.ledger_table} where partition_date = %s returning 1", (date,))
             if cur.fetchall():
                 done.append(f"{dataset.table.name} {date} will be reloaded from the source")
-        cur.execute("select distinct run_date from etl.report where run_date > %s order by 1", (date,))
+        # a build whose reports are not exported yet counts too: it read partition D
+        cur.execute(
+            "select run_date from etl.report where run_date > %(date)s"
+            " union select run_date from etl.build where run_date > %(date)s order by 1",
+            {"date": date},
+        )
         later = [row[0] for row in cur.fetchall()]
         cur.execute("delete from etl.build where run_date >= %s", (date,))
         cur.execute("delete from etl.report where run_date >= %s", (date,))

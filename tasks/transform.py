@@ -36,7 +36,7 @@ NODE_RESULTS = ("LogModelResult", "LogTestResult", "LogSnapshotResult")
 BUILD_OPTIONS = ("--exclude-resource-type", "unit_test")
 # The history's record of the load of each event partition it reflects (dbt model).
 HISTORY_PARTITIONS = "historical.hist_user_event_partition"
-# Builds in a row that may each find events reloaded meanwhile before one gives up (partitions_behind).
+# Builds in a row that may each find events reloaded meanwhile before one gives up (_record).
 BUILD_ATTEMPTS = 3
 # dbt commands meant neither to write relations nor to check them: by hand, they run beside a build
 # (SQL given to `show` is the user's to keep read-only).
@@ -253,41 +253,53 @@ def build(days, progress=None) -> list:
                 cur.execute("select clock_timestamp()::text")
                 settings["build_stamp"] = cur.fetchone()[0]
             runs.append(_checked(invoke(conn, arguments, settings, log_path, progress)))
-            behind = partitions_behind(conn, days[-1])
-            if not behind:
+            reloaded = _record(conn, days, runs)
+            if not reloaded:
                 break
             runs.pop()  # the records say what the build they vouch for did
-            console.say(f"events of {console.span(behind)} were reloaded during the build: building again")
+            console.say(f"events of {console.span(reloaded)} were reloaded during the build: building again")
         else:
-            raise DbtFailed(f"events of {console.span(behind)} were reloaded during each of {BUILD_ATTEMPTS} builds")
-        results = json.dumps(results_summary(runs))
-        conn.autocommit = False  # one transaction: ensure_tables' lock is held until its DDL ran
+            raise DbtFailed(f"events of {console.span(reloaded)} were reloaded during each of {BUILD_ATTEMPTS} builds")
+    return runs
+
+
+def _record(conn, days, runs) -> list:
+    """Write the etl.build records of `days`, unless the history is behind an event partition up to
+    the last of them: then return the partitions reloaded since it took them in (the build runs
+    again), or fail when one is missing, removed for a reload (FORCE=1) that has not committed."""
+    conn.autocommit = False
+    try:
         with conn, conn.cursor() as cur:
             completion.ensure_tables(cur)
+            # FORCE=1 removes a partition's ledger row before it reloads it: until the reload commits,
+            # the partition is missing here, and then its new load is seen.
+            cur.execute(
+                f"select partition_date, loaded.load_id is null from {staging.EVENTS.ledger_table} as loaded"
+                f" full join {HISTORY_PARTITIONS} as taken using (partition_date)"
+                " where partition_date <= %s and (loaded.load_id is distinct from taken.processed_load_id"
+                " or loaded.load_id is null and taken.processed_at is not null) order by 1",
+                (days[-1],),
+            )
+            behind = cur.fetchall()
+            missing = [day for day, is_missing in behind if is_missing]
+            if missing:
+                raise DbtFailed(
+                    f"events of {console.span(missing)} are not in staging (removed for a reload that has not"
+                    " committed yet): the build of later dates records nothing; run them again once it has"
+                )
+            if behind:
+                return [day for day, _ in behind]
             # One statement: every date of the build gets the same built_at, the summary counts it once.
             cur.execute(
                 """
                 insert into etl.build (run_date, results) select unnest(%s::date[]), %s
                 on conflict (run_date) do update set built_at = now(), results = excluded.results
                 """,
-                (days, results),
+                (days, json.dumps(results_summary(runs))),
             )
-    return runs
-
-
-def partitions_behind(conn, through) -> list:
-    """Event partitions up to `through` whose current load the history does not reflect: loaded
-    (a FORCE=1 reload, another run's) after the build took in the partitions. Its report rows would
-    not match them, so the build runs again rather than record them."""
-    with conn.cursor() as cur:
-        cur.execute(
-            f"select loaded.partition_date from {staging.EVENTS.ledger_table} as loaded"
-            f" left join {HISTORY_PARTITIONS} as taken using (partition_date)"
-            " where loaded.partition_date <= %s and loaded.load_id is distinct from taken.processed_load_id"
-            " order by 1",
-            (through,),
-        )
-        return [row[0] for row in cur.fetchall()]
+            return []
+    finally:
+        conn.autocommit = True
 
 
 def results_summary(runs) -> dict:

@@ -56,6 +56,9 @@ delivery as (
         -- A reworked event's other deliveries come after the one it lost, the first of all: in
         -- later partitions. With the bound a literal, only those are read (BRIN), not all history.
         and staging_event.date > '{{ changed_dates[0] if changed_dates else "infinity" }}'
+        -- not from a partition loaded since this build took the partitions in: the history holds
+        -- rows of the partitions it took in only
+        and staging_event.date in (select taken.partition_date from {{ ref('hist_user_event_partition') }} as taken)
         -- evaluated once: without reworked events, staging is not read at all
         and exists (select from reworked_event as any_reworked_event)  -- noqa: AL05
 ),

@@ -48,14 +48,15 @@ final as (
         coalesce(loaded_partition.partition_date, known_partition.partition_date) as partition_date,
         loaded_partition.load_id,
         known_partition.processed_load_id,
-        -- a change that can alter rows the history already has: a reload or removal of a processed
-        -- partition, or a partition older than one already processed
+        -- a change that can alter rows the history already has: a reload or removal of a partition
+        -- processed before (even as removed: a build may have run between FORCE's removal of its
+        -- ledger row and the reload), or a partition older than one already processed
         case
             -- (parenthesised: sqlfluff's parser trips over a bare "is not distinct from" here)
             when (loaded_partition.load_id is not distinct from known_partition.processed_load_id)
                 then coalesce(known_partition.is_rework, false)
             else
-                known_partition.processed_load_id is not null
+                known_partition.processed_at is not null
                 or coalesce(loaded_partition.partition_date <= latest_processed.partition_date, false)
         end as is_rework,
         known_partition.processed_at
