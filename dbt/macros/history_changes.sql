@@ -66,7 +66,7 @@
 
     -- The users of the rows deleted or replaced here may have lost events: they are logged, and the
     -- models after the history recompute them whole (reworked_users). A daily build deletes none,
-    -- and a reload only the rows its correction changed: the others, and their users, stay as they were.
+    -- and a reload only the rows its correction changed: the others, and their users, stay.
     -- = any(array(…)): the changed partitions are found once, then looked up in the index
     with deleted_row as (
         delete from {{ target }} as history
