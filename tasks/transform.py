@@ -267,7 +267,7 @@ def _record(conn, days, runs) -> list:
     """Write the etl.build records of `days`, unless the history is behind an event partition up to
     the last of them: then return the partitions reloaded since it took them in (the build runs
     again), or fail when one is missing, removed for a reload (FORCE=1) that has not committed."""
-    conn.autocommit = False
+    conn.autocommit = False  # one transaction: ensure_tables' lock is held until the records are in
     try:
         with conn, conn.cursor() as cur:
             completion.ensure_tables(cur)

@@ -62,6 +62,8 @@
     {%- set place = ['load_id', 'source_key', 'line_number'] -%}
     {#- what a row says to those layers -#}
     {%- set contents = columns | reject('in', place + ['changed_at']) | list -%}
+    {#- the order of deliveries: the first of an id wins -#}
+    {%- set position = ['partition_date', 'source_key', 'line_number'] -%}
     {{ create_reworked_user_log(target) }};
 
     -- The users of the rows deleted or replaced here may have lost events: they are logged, and the
@@ -76,8 +78,7 @@
                 select from {{ temp }} as delivered
                 where
                     delivered.event_id = history.event_id
-                    and (delivered.{{ contents | join(', delivered.') }})
-                    is not distinct from (history.{{ contents | join(', history.') }})
+                    and {{ row_of('delivered', contents) }} is not distinct from {{ row_of('history', contents) }}
             )
         returning history.user_id
     )
@@ -92,7 +93,7 @@
     where
         delivered.event_id = history.event_id
         and history.partition_date = any(array({{ changed_event_partitions() }}))
-        and (delivered.{{ place | join(', delivered.') }}) is distinct from (history.{{ place | join(', history.') }});
+        and {{ row_of('delivered', place) }} is distinct from {{ row_of('history', place) }};
 
     -- only a rework can replace a row (a delivery earlier than the stored one): its old user
     insert into {{ reworked_user_log(target) }} (user_id, changed_at)
@@ -100,20 +101,24 @@
     from {{ temp }} as delivered
     inner join {{ target }} as history
         on delivered.event_id = history.event_id
-    where (delivered.partition_date, delivered.source_key, delivered.line_number)
-        < (history.partition_date, history.source_key, history.line_number);
+    where {{ row_of('delivered', position) }} < {{ row_of('history', position) }};
     {%- endif %}
 
     insert into {{ target }} as history ({{ columns | join(', ') }})
     select {{ columns | join(', ') }}
-    from {{ arg_dict['temp_relation'] }}
+    from {{ temp }}
     on conflict (event_id) do update set
         {%- for column in columns if column != 'event_id' %}
         {{ column }} = excluded.{{ column }}{{ "," if not loop.last }}
         {%- endfor %}
-    where (excluded.partition_date, excluded.source_key, excluded.line_number)
-        < (history.partition_date, history.source_key, history.line_number);
+    where {{ row_of('excluded', position) }} < {{ row_of('history', position) }};
 {% endmacro %}
+
+
+{#- `columns` of the relation named `alias`, as a row: (alias.a, alias.b). -#}
+{% macro row_of(alias, columns) -%}
+    ({%- for column in columns -%}{{ alias }}.{{ column }}{{ ", " if not loop.last }}{%- endfor -%})
+{%- endmacro %}
 
 
 {#- When this model's rows were last written (its latest changed_at), as a SQL literal. -#}
