@@ -1,12 +1,13 @@
 """Transform: one `dbt build` of the warehouse layers for a batch of report dates, one build at a time
-(after a snapshot-only build for each earlier date of the batch whose organization list changed).
+(after a snapshot-only build for each earlier date of the batch whose organization list changed, in
+the same dbt process: tasks/dbt_series.py).
 
 Reads the staging partitions (through tasks.load's ledgers) and the dbt project in `dbt/`; writes
 staging's tables when an older version made them (tasks.staging.ensure_tables) and the summaries
 of its date indexes before dbt reads it, the `historical`, `snapshots`,
 `dimensional` and `reporting` schemas through dbt, dbt's log under
 `<data_dir>/logs/`, and one `etl.build` record per report date once its build passed. Progress and
-results come from dbt's structured interface (`--log-format json` events and `run_results.json`).
+results come from dbt's structured interface (JSON events and each command's `run_results.json`).
 `make dbt` by hand runs here too; its artifacts go to `<data_dir>/dbt/target-by-hand`.
 """
 
@@ -22,12 +23,13 @@ from pathlib import Path
 
 import luigi
 
-from tasks import completion, config, console, db, processes, staging
+from tasks import completion, config, console, db, dbt_series, processes, staging
 from tasks.load import LoadHistory
 from tasks.partitions import LoadedThrough, PartitionDate, dates, previous_day
 
 DBT_PROJECT = Path(__file__).resolve().parent.parent / "dbt"
 DBT = str(Path(sys.executable).with_name("dbt"))
+DBT_SERIES = Path(__file__).resolve().with_name("dbt_series.py")
 # dbt/profiles.yml names dbt's sessions so; the build lock ends those a killed build left behind.
 DBT_APPLICATION = "product-events-etl-dbt"
 SNAPSHOT = "snap_organization"
@@ -53,7 +55,7 @@ class DbtFailed(Exception):
 
 @dataclass
 class DbtRun:
-    """What one dbt invocation did, from its events and run_results.json."""
+    """What one dbt command did, from its events and run_results.json."""
 
     command: list
     log_path: Path
@@ -101,15 +103,21 @@ def dbt_command(arguments: list, dbt_vars: dict = None) -> list:
     return [DBT, *arguments] + (["--vars", json.dumps(dbt_vars)] if dbt_vars else [])
 
 
-def invoke(conn, arguments: list, settings: dict, log_path: Path, on_event=None) -> DbtRun:
-    """Run dbt with JSON events on stdout; each event goes to `on_event`, its text to `log_path`.
+def invoke(conn, steps: list, log_path: Path, on_event=None) -> list:
+    """Run the dbt commands STEPS, (arguments, settings) pairs, one after the other in one process
+    (tasks/dbt_series.py: dbt starts and parses once), with JSON events on stdout; each event goes
+    to `on_event`, its text to `log_path`. Stops at the first that fails. Returns a DbtRun for each
+    command run.
 
-    The build's `settings` (dates, stamp, test scope) go through the environment, not --vars:
+    A build's `settings` (dates, stamp, test scope) go through the environment, not --vars:
     dbt parses the whole project again whenever its vars change, and it can reuse its saved parse
     when they do not (dbt/macros/build_settings.sql)."""
-    command = dbt_command(arguments + ["--log-format", "json", "--no-use-colors", "--no-use-colors-file"])
-    env = {**dbt_environment(conn), "ETL_DBT_BUILD": json.dumps(settings)}
-    run = DbtRun(command, log_path)
+    series = [{"arguments": arguments, "settings": settings} for arguments, settings in steps]
+    command = [sys.executable, str(DBT_SERIES), json.dumps(series)]
+    # dbt's variables for --log-format json --no-use-colors --no-use-colors-file: each command of
+    # the series, its parse included, speaks in events
+    env = {**dbt_environment(conn), "DBT_LOG_FORMAT": "json", "DBT_USE_COLORS": "false", "DBT_USE_COLORS_FILE": "false"}
+    runs = []
     log_path.parent.mkdir(parents=True, exist_ok=True)
     parent = os.getpid()
     with (
@@ -131,14 +139,16 @@ def invoke(conn, arguments: list, settings: dict, log_path: Path, on_event=None)
             except ValueError:
                 log.write(text)  # not an event (a crash before logging started): keep it as it came
                 continue
+            if dbt_series.OUTCOME in event:
+                outcome = event[dbt_series.OUTCOME]
+                runs.append(DbtRun(command, log_path, outcome["returncode"], outcome["results"]))
+                continue
             log.write(event.get("info", {}).get("msg", "") + "\n")
             if on_event:
                 on_event(event)
-    run.returncode = dbt.returncode
-    results = target_path() / "run_results.json"
-    if results.exists():
-        run.results = json.loads(results.read_text()).get("results", [])
-    return run
+    if dbt.returncode != 0 and all(run.returncode == 0 for run in runs):
+        runs.append(DbtRun(command, log_path, dbt.returncode))  # died before a command's outcome
+    return runs
 
 
 @contextlib.contextmanager
@@ -227,18 +237,10 @@ def build(days, progress=None) -> list:
         with conn.cursor() as cur:
             staging.summarize_date_indexes(cur)  # so that dbt, and the next loads, read by date
         points = snapshot_dates(conn, days)
-        for point in points[:-1]:
-            runs.append(
-                _checked(
-                    invoke(
-                        conn,
-                        ["build", "--select", SNAPSHOT, *BUILD_OPTIONS],
-                        {"snapshot_date": point.isoformat(), "test_scope": "changed"},
-                        log_path,
-                        progress,
-                    )
-                )
-            )
+        # The snapshot of each earlier date whose list changed, in date order, then the build (which
+        # takes the last one), in one dbt process.
+        snapshot = ["build", "--select", SNAPSHOT, *BUILD_OPTIONS]
+        steps = [(snapshot, {"snapshot_date": point.isoformat(), "test_scope": "changed"}) for point in points[:-1]]
         # Data tests check what this build changed; make test-warehouse checks everything.
         settings = {"run_dates": [day.isoformat() for day in days], "test_scope": "changed"}
         arguments = ["build", *BUILD_OPTIONS]
@@ -252,7 +254,8 @@ def build(days, progress=None) -> list:
                 # (macro build_stamp): builds from several machines then stay in the order they ran.
                 cur.execute("select clock_timestamp()::text")
                 settings["build_stamp"] = cur.fetchone()[0]
-            runs.append(_checked(invoke(conn, arguments, settings, log_path, progress)))
+            runs += [_checked(run) for run in invoke(conn, steps + [(arguments, settings)], log_path, progress)]
+            steps = []  # taken: a build again (below) takes only the last date's snapshot
             reloaded = _record(conn, days, runs)
             if not reloaded:
                 break
@@ -338,7 +341,7 @@ def check_warehouse() -> DbtRun:
     build half done."""
     log_path = config.data_dir() / "logs" / "dbt_test_warehouse.log"
     with dbt_lock() as conn:
-        return invoke(conn, ["test", *BUILD_OPTIONS], {"test_scope": "all"}, log_path)
+        return invoke(conn, [(["test", *BUILD_OPTIONS], {"test_scope": "all"})], log_path)[-1]
 
 
 def built_before(moment) -> bool:

@@ -100,6 +100,20 @@ def test_which_dbt_commands_by_hand_change_the_warehouse():
     assert transform.changes_warehouse(["--log-level", "debug", "ls"])  # the safe side
 
 
+@pytest.mark.slow
+def test_dbt_commands_in_one_process_stop_at_the_first_that_fails(database_url, tmp_path):
+    conn = db.connect()
+    try:
+        steps = [(["ls", "--select", "dim_user"], {}), (["run-operation", "no_such_macro"], {}), (["ls"], {})]
+        runs = transform.invoke(conn, steps, tmp_path / "series.log")
+    finally:
+        conn.close()
+    assert [run.returncode != 0 for run in runs] == [False, True]
+    log = (tmp_path / "series.log").read_text()
+    assert "product_events.dimensional.dim_user" in log and "no_such_macro" in log
+    assert "product_events.dimensional.fac_user" not in log  # the last never ran
+
+
 def test_builds_ignore_dbt_variables_for_partial_input(database_url, monkeypatch):
     monkeypatch.setenv("DBT_EMPTY", "1")
     monkeypatch.setenv("DBT_SAMPLE", "3 days")

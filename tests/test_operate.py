@@ -24,7 +24,7 @@ from tasks.transform import BuildWarehouse
 from tasks.workflows import Backfill, RunEtl
 from tools import screenshot
 
-from conftest import ROOT, query, run_cli
+from conftest import ROOT, query, run_cli, write_lines
 from test_report import REPORT_2024_03_05, WORKED_EXAMPLE, one_file_source
 
 pytestmark = pytest.mark.slow
@@ -277,6 +277,52 @@ def test_a_backfill_ends_with_every_data_test_on_every_row(database_url, worked_
     checked = run_cli("test-warehouse")
     assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-3000:]
     assert "warehouse tests: " in checked.stdout and " PASS" in checked.stdout and "FAILED" not in checked.stdout
+
+
+def test_a_backfill_takes_each_changed_organization_list_in_date_order_in_one_dbt(
+    database_url, settings, tmp_path, monkeypatch
+):
+    days = [datetime.date(2024, 3, 1) + datetime.timedelta(days=offset) for offset in range(4)]
+    tiers = [
+        {"o1": "free", "o2": "free"},
+        {"o1": "pro", "o2": "free"},  # o1 changes
+        {"o1": "pro", "o2": "free"},  # nothing changes: no snapshot for this date
+        {"o1": "pro", "o3": "free"},  # o2 leaves, o3 comes
+    ]
+    source = tmp_path / "source"
+    for number, (day, listed) in enumerate(zip(days, tiers, strict=True)):
+        event = {"id": f"e{number}", "event_type": "user_created", "user_id": f"u{number}", "organization_id": "o1"}
+        write_lines(source / f"events/date={day}/part-0.json", [{**event, "received_at": f"{day}T09:00:00Z"}])
+        orgs = [{"organization_key": key, "organization_tier": tier} for key, tier in listed.items()]
+        write_lines(source / f"orgs/date={day}.json", orgs)
+    monkeypatch.setenv("ETL_SOURCE_URL", str(source))
+    monkeypatch.setenv("ETL_HISTORY_START", str(days[0]))
+    settings("source", events_key="events/date={date}/", orgs_key="orgs/date={date}.json")
+
+    result = run_cli("backfill", str(days[0]), str(days[-1]))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # Each change at the date whose list first showed it, as day-by-day runs would have recorded it.
+    assert query(
+        "select organization_key, organization_tier, valid_from::date, valid_to::date"
+        " from dimensional.dim_organization order by 1, 3"
+    ) == [
+        ("o1", "free", days[0], days[1]),
+        ("o1", "pro", days[1], None),
+        ("o2", "free", days[0], days[3]),
+        ("o3", "free", days[3], None),
+    ]
+    # The snapshots of days 1 and 2, and the build of the range (which took day 4's), ran in one
+    # dbt process: dbt started once, not once per date whose list changed.
+    invocations = {}
+    for line in (tmp_path / "work" / "logs" / "dbt.log").read_text().splitlines():
+        event = json.loads(line)
+        node = event["data"].get("node_info", {}).get("node_name")
+        pid, nodes = invocations.setdefault(event["info"]["invocation_id"], (event["info"]["pid"], set()))
+        nodes.add(node)
+    snapshots = [pid for pid, nodes in invocations.values() if "snap_organization" in nodes]
+    builds = [pid for pid, nodes in invocations.values() if "hist_user_event" in nodes]
+    assert len(snapshots) == 3 and len(builds) == 1
+    assert set(snapshots) == set(builds)
 
 
 def test_every_build_of_a_backfill_waits_for_its_whole_range():

@@ -109,11 +109,11 @@ class Bench:
             )
         return out
 
-    def environment(self, source: Path, layout: str, dsn: str, data_dir: Path) -> dict:
+    def environment(self, source: Path, layout: str, dsn: str, data_dir: Path, orgs_key: str = "orgs.json") -> dict:
         config = self.folder / f"{data_dir.name}.cfg"
         events_key = "events/date={date}/" if layout == "daily" else "events.json"
         config.write_text(
-            f"[source]\nevents_key = {events_key}\norgs_key = orgs.json\n[core]\nscheduler_port = 1\n"
+            f"[source]\nevents_key = {events_key}\norgs_key = {orgs_key}\n[core]\nscheduler_port = 1\n"
         )  # no luigid: the local scheduler, every time
         return {
             **os.environ,
@@ -196,6 +196,11 @@ def backfill(bench: Bench) -> list:
         name = f"backfill{workers}"
         env = bench.environment(source, "daily", bench.database(name), bench.folder / name)
         times[workers] = bench.cli(env, "backfill", str(START), end_date(days), "--workers", str(workers))
+    # The same events with an organization list per day, each day's another: a snapshot per date.
+    changing = daily_org_lists(source, bench.folder / "sources" / "backfill-changing-orgs", days)
+    name = "backfill_orgs"
+    env = bench.environment(changing, "daily", bench.database(name), bench.folder / name, "orgs/date={date}.json")
+    times["changing_orgs"] = bench.cli(env, "backfill", str(START), end_date(days))
     ratio = times[2] / times[1]
     work = f"backfill {days} days x {per_day:,} events, daily layout"
     return [
@@ -208,7 +213,29 @@ def backfill(bench: Bench) -> list:
             ratio <= 0.7,
             {"seconds": times},
         ),
+        Row(
+            "backfill_changing_orgs",
+            "the same (WORKERS=1) with an organization list that changes every day / one list",
+            f"{times['changing_orgs'] / times[1]:.2f}x ({times['changing_orgs']:.1f} s / {times[1]:.1f} s)",
+            "(no target)",
+            None,
+        ),
     ]
+
+
+def daily_org_lists(source: Path, out: Path, days: int) -> Path:
+    """SOURCE's events, and its organizations as one list per day (orgs/date=D.json), each day's
+    with one more organization renamed."""
+    if not out.exists():
+        out.mkdir(parents=True)
+        (out / "events").symlink_to(source / "events")
+        orgs = [json.loads(line) for line in (source / "orgs.json").read_text().splitlines()]
+        for offset in range(days):
+            day = START + datetime.timedelta(days=offset)
+            orgs[offset % len(orgs)]["organization_name"] += f" (renamed on {day})"
+            (out / "orgs").mkdir(exist_ok=True)
+            (out / "orgs" / f"date={day}.json").write_text("".join(json.dumps(org) + "\n" for org in orgs))
+    return out
 
 
 LOAD_SCRIPT = """
@@ -478,7 +505,8 @@ ETL_BENCH_DATABASE_URL=postgresql://admin@db/postgres make bench   # on an exter
 How each row is measured (tools/benchmark.py): the data sets come from `python -m tools.generate
 bench` (valid lines, received_at spread over each day); the first-run rows time `python -m tasks
 run-etl` on an empty database; the backfill rows time `python -m tasks backfill` with one and two
-workers; the loader rows time `tasks.load.load_partitions` for one day against one `COPY` of the
+workers, and with one worker again over the same events with an organization list per day, each
+renaming one more organization; the loader rows time `tasks.load.load_partitions` for one day against one `COPY` of the
 same lines (tools/bench_baselines.py), luigi's `CopyToTable` and dlt (a pinned version in a
 virtualenv of its own, skipped when it cannot be installed); the daily rows time the run of day 1 on
 an empty database, of day 2 after it, and of day 30 after one backfill of days 1 to 29; the memory
