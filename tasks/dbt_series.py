@@ -2,8 +2,9 @@
 not once per command. A build that takes the organization snapshot for each earlier date whose list
 changed (tasks.transform.snapshot_dates) would otherwise start a dbt, about 2 s, per such date.
 
-Run by tasks.transform as `python tasks/dbt_series.py STEPS`, with the environment of a dbt. STEPS
-is a JSON list of steps, each {"arguments": [...], "settings": {...}}: a dbt command line, and the
+Run by tasks.transform as `python -P tasks/dbt_series.py` (-P: nothing in tasks/ can shadow a module
+dbt imports), with the environment of a dbt. Reads the steps on stdin (a backfill's may outgrow a
+command line): a JSON list of {"arguments": [...], "settings": {...}}, a dbt command line and the
 build settings its models read from ETL_DBT_BUILD (dbt/macros/build_settings.sql). Writes what dbt
 writes (its events and artifacts), and after each step one line of JSON on stdout, among dbt's
 events: {"dbt_series_outcome": {"returncode": ..., "results": [...]}}, the step's exit code and the
@@ -32,17 +33,22 @@ def run(steps: list) -> int:
 
     path = run_results_path()
     runner = dbtRunner()
+    manifest = None
     if len(steps) > 1:
         parsed = runner.invoke(["parse"])
+        interrupted(parsed)
         if not parsed.success:
             return ERROR
-        runner = dbtRunner(manifest=parsed.result)  # the later commands skip parsing
+        manifest = parsed.result
     for step in steps:
+        if manifest is not None:
+            # the later commands skip parsing; each compiles its own copy, since compiling marks the
+            # nodes (an ephemeral model's CTEs, once injected, would be missing from the next)
+            runner = dbtRunner(manifest=manifest.deepcopy())
         os.environ["ETL_DBT_BUILD"] = json.dumps(step["settings"])
         path.unlink(missing_ok=True)  # results left by an earlier command never pass for this one's
         outcome = runner.invoke(step["arguments"])
-        if isinstance(outcome.exception, KeyboardInterrupt):
-            raise outcome.exception
+        interrupted(outcome)
         code = SUCCESS if outcome.success else ERROR if outcome.exception else FAILURE
         results = json.loads(path.read_text())["results"] if path.exists() else []
         print(json.dumps({OUTCOME: {"returncode": code, "results": results}}), flush=True)
@@ -51,5 +57,11 @@ def run(steps: list) -> int:
     return SUCCESS
 
 
+def interrupted(outcome) -> None:
+    """Ctrl-C stops the series as it stops dbt (the runner returns it as an outcome)."""
+    if isinstance(outcome.exception, KeyboardInterrupt):
+        raise outcome.exception
+
+
 if __name__ == "__main__":
-    sys.exit(run(json.loads(sys.argv[1])))
+    sys.exit(run(json.load(sys.stdin)))

@@ -57,7 +57,7 @@ class DbtFailed(Exception):
 class DbtRun:
     """What one dbt command did, from its events and run_results.json."""
 
-    command: list
+    command: list  # the dbt command line
     log_path: Path
     returncode: int = 0
     results: list = field(default_factory=list)  # run_results.json "results"
@@ -113,7 +113,7 @@ def invoke(conn, steps: list, log_path: Path, on_event=None) -> list:
     dbt parses the whole project again whenever its vars change, and it can reuse its saved parse
     when they do not (dbt/macros/build_settings.sql)."""
     series = [{"arguments": arguments, "settings": settings} for arguments, settings in steps]
-    command = [sys.executable, str(DBT_SERIES), json.dumps(series)]
+    command = [sys.executable, "-P", str(DBT_SERIES)]
     # dbt's variables for --log-format json --no-use-colors --no-use-colors-file: each command of
     # the series, its parse included, speaks in events
     env = {**dbt_environment(conn), "DBT_LOG_FORMAT": "json", "DBT_USE_COLORS": "false", "DBT_USE_COLORS_FILE": "false"}
@@ -126,6 +126,7 @@ def invoke(conn, steps: list, log_path: Path, on_event=None) -> list:
             command,
             cwd=DBT_PROJECT,
             env=env,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -133,6 +134,8 @@ def invoke(conn, steps: list, log_path: Path, on_event=None) -> list:
         ) as dbt,
         db.guarded(conn, on_dead=dbt.kill),
     ):
+        with contextlib.suppress(BrokenPipeError), dbt.stdin:  # gone already: its exit code says why
+            json.dump(series, dbt.stdin)
         for text in dbt.stdout:
             try:
                 event = json.loads(text)
@@ -140,14 +143,16 @@ def invoke(conn, steps: list, log_path: Path, on_event=None) -> list:
                 log.write(text)  # not an event (a crash before logging started): keep it as it came
                 continue
             if dbt_series.OUTCOME in event:
-                outcome = event[dbt_series.OUTCOME]
-                runs.append(DbtRun(command, log_path, outcome["returncode"], outcome["results"]))
+                outcome, (arguments, _) = event[dbt_series.OUTCOME], steps[len(runs)]
+                runs.append(DbtRun(dbt_command(arguments), log_path, outcome["returncode"], outcome["results"]))
                 continue
             log.write(event.get("info", {}).get("msg", "") + "\n")
             if on_event:
                 on_event(event)
-    if dbt.returncode != 0 and all(run.returncode == 0 for run in runs):
-        runs.append(DbtRun(command, log_path, dbt.returncode))  # died before a command's outcome
+    if all(run.returncode == 0 for run in runs) and (dbt.returncode != 0 or len(runs) < len(steps)):
+        # died before a command's outcome: that command failed, whatever the exit code says
+        failed = steps[min(len(runs), len(steps) - 1)][0]
+        runs.append(DbtRun(dbt_command(failed), log_path, dbt.returncode or 1))
     return runs
 
 

@@ -104,7 +104,9 @@ def test_which_dbt_commands_by_hand_change_the_warehouse():
 def test_dbt_commands_in_one_process_stop_at_the_first_that_fails(database_url, tmp_path):
     conn = db.connect()
     try:
-        steps = [(["ls", "--select", "dim_user"], {}), (["run-operation", "no_such_macro"], {}), (["ls"], {})]
+        # settings far beyond what one command-line argument may hold (128 KiB): a long backfill's
+        many_dates = {"run_dates": [str(datetime.date(2000, 1, 1) + datetime.timedelta(days=n)) for n in range(20_000)]}
+        steps = [(["ls", "--select", "dim_user"], many_dates), (["run-operation", "no_such_macro"], {}), (["ls"], {})]
         runs = transform.invoke(conn, steps, tmp_path / "series.log")
     finally:
         conn.close()

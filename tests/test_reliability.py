@@ -17,7 +17,7 @@ import luigi
 import psycopg2
 import pytest
 
-from tasks import db, extract, records, schemas, staging
+from tasks import db, extract, records, schemas, staging, transform
 from tasks.load import LoadHistory
 
 from conftest import ROOT, query, run_cli, with_dbname, write_lines
@@ -291,7 +291,7 @@ def test_ids_that_collided_under_a_separator_get_distinct_keys(database_url, sou
 
 
 def _dbt_running(parent_pid: int) -> list:
-    """Pids of dbt processes whose parent is `parent_pid` (read from /proc)."""
+    """Pids of the dbt processes (tasks/dbt_series.py) whose parent is `parent_pid` (read from /proc)."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -300,7 +300,7 @@ def _dbt_running(parent_pid: int) -> list:
                 cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"dbt" in cmdline and b"build" in cmdline and int(stat.rsplit(")", 1)[1].split()[1]) == parent_pid:
+            if str(transform.DBT_SERIES).encode() in cmdline and int(stat.rsplit(")", 1)[1].split()[1]) == parent_pid:
                 found.append(int(entry))
     return found
 
