@@ -515,12 +515,11 @@ How each row is measured (tools/benchmark.py): the data sets come from `python -
 bench` (valid lines, received_at spread over each day); the first-run rows time `python -m tasks
 run-etl` on an empty database; the backfill rows time `python -m tasks backfill` with one and two
 workers, and with one worker again over the same events with an organization list per day, each
-renaming one more organization; the loader rows time `tasks.load.load_partitions` for one day against one `COPY` of the
-same lines (tools/bench_baselines.py), luigi's `CopyToTable` and dlt (a pinned version in a
-virtualenv of its own, skipped when it cannot be installed); the daily rows time the run of day 1 on
-an empty database, of day 2 after it, and of day 30 after one backfill of days 1 to 29, then
-day 30 again with FORCE=1; the memory
-row is the peak RSS of the loading process.
+renaming one more organization; the loader rows time `tasks.load.load_partitions` for one day
+against one `COPY` of the same lines (tools/bench_baselines.py), luigi's `CopyToTable` and dlt (a
+pinned version in a virtualenv of its own, skipped when it cannot be installed); the daily rows time
+the run of day 1 on an empty database, of day 2 after it, and of day 30 after one backfill of days 1
+to 29, then day 30 again with FORCE=1; the memory row is the peak RSS of the loading process.
 """)
 
 
