@@ -229,11 +229,11 @@ def daily_org_lists(source: Path, out: Path, days: int) -> Path:
     if not out.exists():
         out.mkdir(parents=True)
         (out / "events").symlink_to(source / "events")
+        (out / "orgs").mkdir()
         orgs = [json.loads(line) for line in (source / "orgs.json").read_text().splitlines()]
         for offset in range(days):
             day = START + datetime.timedelta(days=offset)
             orgs[offset % len(orgs)]["organization_name"] += f" (renamed on {day})"
-            (out / "orgs").mkdir(exist_ok=True)
             (out / "orgs" / f"date={day}.json").write_text("".join(json.dumps(org) + "\n" for org in orgs))
     return out
 
