@@ -147,6 +147,12 @@ create table if not exists etl.build (
     built_at timestamptz not null default now(),
     results jsonb  -- what dbt said: node counts by status, and each warning
 );
+-- The stamp (build_stamp) of the last build whose data tests all passed: one row. A build tests
+-- the rows written after it, so rows a failed build wrote are tested again until a build passes.
+create table if not exists etl.tested_through (
+    only_row boolean primary key default true check (only_row),
+    build_stamp timestamptz not null
+);
 -- An exported report file (csv, png): its bytes, so every machine can deliver it.
 create table if not exists etl.report (
     run_date date not null,

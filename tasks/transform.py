@@ -236,18 +236,26 @@ def build(days, progress=None) -> list:
         days = sorted(set(days) - completion.BUILDS.done(days, fresh=True))  # built by another run meanwhile?
         if not days:
             return runs
-        with db.transaction() as ddl:
+        with db.transaction() as ddl, ddl.cursor() as cur:
             # Staging as this version reads it, even when every partition was loaded by an older one.
             staging.ensure_tables(ddl)
+            completion.ensure_tables(cur)
         with conn.cursor() as cur:
             staging.summarize_date_indexes(cur)  # so that dbt, and the next loads, read by date
+            cur.execute("select (select build_stamp::text from etl.tested_through)")
+            tested_through = cur.fetchone()[0] or "-infinity"
         points = snapshot_dates(conn, days)
         # The snapshot of each earlier date whose list changed, in date order, then the build (which
         # takes the last one), in one dbt process.
         snapshot = ["build", "--select", SNAPSHOT, *BUILD_OPTIONS]
         steps = [(snapshot, {"snapshot_date": point.isoformat(), "test_scope": "changed"}) for point in points[:-1]]
-        # Data tests check what this build changed; make test-warehouse checks everything.
-        settings = {"run_dates": [day.isoformat() for day in days], "test_scope": "changed"}
+        # Data tests check the rows no build has tested: this build's, and any a failed build wrote
+        # since the last that passed (etl.tested_through). make test-warehouse checks everything.
+        settings = {
+            "run_dates": [day.isoformat() for day in days],
+            "test_scope": "changed",
+            "tested_through": tested_through,
+        }
         arguments = ["build", *BUILD_OPTIONS]
         if points:
             settings["snapshot_date"] = points[-1].isoformat()
@@ -261,7 +269,7 @@ def build(days, progress=None) -> list:
                 settings["build_stamp"] = cur.fetchone()[0]
             runs += [_checked(run) for run in invoke(conn, steps + [(arguments, settings)], log_path, progress)]
             steps = []  # taken: a build again (below) takes only the last date's snapshot
-            reloaded = _record(conn, days, runs)
+            reloaded = _record(conn, days, runs, settings["build_stamp"])
             if not reloaded:
                 break
             runs.pop()  # the records say what the build they vouch for did
@@ -271,10 +279,11 @@ def build(days, progress=None) -> list:
     return runs
 
 
-def _record(conn, days, runs) -> list:
-    """Write the etl.build records of `days`, unless the history is behind an event partition up to
-    the last of them: then return the partitions reloaded since it took them in (the build runs
-    again), or fail when one is missing, removed for a reload (FORCE=1) that has not committed."""
+def _record(conn, days, runs, build_stamp) -> list:
+    """Write the etl.build records of `days` and the stamp of their build, whose tests passed, as
+    etl.tested_through, unless the history is behind an event partition up to the last of them:
+    then return the partitions reloaded since it took them in (the build runs again), or fail when
+    one is missing, removed for a reload (FORCE=1) that has not committed."""
     conn.autocommit = False  # one transaction: ensure_tables' lock is held until the records are in
     try:
         with conn, conn.cursor() as cur:
@@ -304,6 +313,11 @@ def _record(conn, days, runs) -> list:
                 on conflict (run_date) do update set built_at = now(), results = excluded.results
                 """,
                 (days, json.dumps(results_summary(runs))),
+            )
+            cur.execute(
+                "insert into etl.tested_through (build_stamp) values (%s)"
+                " on conflict (only_row) do update set build_stamp = excluded.build_stamp",
+                (build_stamp,),
             )
             return []
     finally:

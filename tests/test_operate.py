@@ -279,6 +279,34 @@ def test_a_backfill_ends_with_every_data_test_on_every_row(database_url, worked_
     assert "warehouse tests: " in checked.stdout and " PASS" in checked.stdout and "FAILED" not in checked.stdout
 
 
+def test_rows_a_failed_build_wrote_are_tested_again_until_a_build_passes(database_url, worked_example):
+    assert run_cli("run-etl", "2024-03-04").returncode == 0
+    assert run_cli("load", "2024-03-05").returncode == 0
+    # A staging row no load would write (no event_type): the history takes it in, its test fails,
+    # and the layers after it skip the row (it is no lifecycle event), so only that test sees it.
+    with db.transaction() as conn, conn.cursor() as cur:
+        cur.execute(
+            """
+            insert into staging.event (date, object_number, line_number, event_id, received_at, json_content, load_id)
+            select loaded.partition_date, 1, 1000, 'e-spoiled', loaded.partition_date,
+                '{"id": "e-spoiled", "user_id": "u1"}', loaded.load_id
+            from staging.event_partition as loaded where loaded.partition_date = '2024-03-05'
+            """
+        )
+        assert cur.rowcount == 1
+    failed_test = "FAILED BuildWarehouse 2024-03-05: dbt build failed (exit 1): not_null_columns_hist_user_event"
+    for _ in range(2):  # the build after a failed one writes nothing new, yet must not pass
+        result = run_cli("run-etl", "2024-03-05")
+        assert result.returncode == 30, result.stdout[-3000:] + result.stderr[-3000:]
+        assert failed_test in result.stdout
+    assert query("select count(*) from etl.build where run_date = '2024-03-05'") == [(0,)]
+    # The fix a user makes: the partition loaded again from its object, without that row.
+    fixed = run_cli("run-etl", "2024-03-05", "--force")
+    assert fixed.returncode == 0, fixed.stdout[-3000:] + fixed.stderr[-3000:]
+    report = worked_example.parent / "work" / "reports" / "cohort_summary_2024-03-05.csv"
+    assert report.read_text() == REPORT_2024_03_05
+
+
 def test_a_backfill_takes_each_changed_organization_list_in_date_order_in_one_dbt(
     database_url, settings, tmp_path, monkeypatch
 ):
