@@ -83,7 +83,10 @@
         returning history.user_id
     )
     insert into {{ reworked_user_log(target) }} (user_id, changed_at)
-    select distinct user_id, {{ build_stamp() }} from deleted_row;
+    select distinct user_id, {{ build_stamp() }} from deleted_row
+    -- a row without a user (its not_null test failed: no load writes one) names none to recompute,
+    -- and a reload that removes it must not fail
+    where user_id is not null;
     {%- if history_reworked_now() %}
 
     -- the rows that stay take their delivery's place in the partition's current load
@@ -101,7 +104,7 @@
     from {{ temp }} as delivered
     inner join {{ target }} as history
         on delivered.event_id = history.event_id
-    where {{ row_of('delivered', position) }} < {{ row_of('history', position) }};
+    where {{ row_of('delivered', position) }} < {{ row_of('history', position) }} and history.user_id is not null;
     {%- endif %}
 
     insert into {{ target }} as history ({{ columns | join(', ') }})
