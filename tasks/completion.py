@@ -1,9 +1,10 @@
 """Completion records: the rows in PostgreSQL that say a task's date is done, and their Luigi targets.
 
 Reads and writes the record tables named by each `Ledger` (`etl.download`, `staging.*_partition`,
-`etl.build`, `etl.report`). Every task's `output()` is a `LedgerTarget`, so completion lives where
-every worker on every machine sees it, never on one worker's disk. A record is written by the task
-in the same transaction as the data it vouches for.
+`etl.build`, `etl.report`), and reads `etl.tested_through`, which a build writes with its records.
+Every task's `output()` is a `LedgerTarget`, so completion lives where every worker on every
+machine sees it, never on one worker's disk. A record is written by the task in the same
+transaction as the data it vouches for.
 """
 
 import os
@@ -162,6 +163,12 @@ create table if not exists etl.report (
     primary key (run_date, kind)
 );
 """
+
+
+def tested_through() -> str:
+    """The stamp of the last build whose data tests passed (etl.tested_through), or -infinity."""
+    rows = _checks.rows("etl.tested_through", "select build_stamp::text from etl.tested_through", ())
+    return rows[0][0] if rows else "-infinity"
 
 
 def ensure_tables(cur) -> None:

@@ -6,8 +6,9 @@ Reads the staging partitions (through tasks.load's ledgers) and the dbt project 
 staging's tables when an older version made them (tasks.staging.ensure_tables) and the summaries
 of its date indexes before dbt reads it, the `historical`, `snapshots`,
 `dimensional` and `reporting` schemas through dbt, dbt's log under
-`<data_dir>/logs/`, and one `etl.build` record per report date once its build passed. Progress and
-results come from dbt's structured interface (JSON events and each command's `run_results.json`).
+`<data_dir>/logs/`, and one `etl.build` record per report date once its build passed, with the
+build's stamp in `etl.tested_through`. Progress and results come from dbt's structured interface
+(JSON events and each command's `run_results.json`).
 `make dbt` by hand runs here too; its artifacts go to `<data_dir>/dbt/target-by-hand`.
 """
 
@@ -236,14 +237,11 @@ def build(days, progress=None) -> list:
         days = sorted(set(days) - completion.BUILDS.done(days, fresh=True))  # built by another run meanwhile?
         if not days:
             return runs
-        with db.transaction() as ddl, ddl.cursor() as cur:
+        with db.transaction() as ddl:
             # Staging as this version reads it, even when every partition was loaded by an older one.
             staging.ensure_tables(ddl)
-            completion.ensure_tables(cur)
         with conn.cursor() as cur:
             staging.summarize_date_indexes(cur)  # so that dbt, and the next loads, read by date
-            cur.execute("select (select build_stamp::text from etl.tested_through)")
-            tested_through = cur.fetchone()[0] or "-infinity"
         points = snapshot_dates(conn, days)
         # The snapshot of each earlier date whose list changed, in date order, then the build (which
         # takes the last one), in one dbt process.
@@ -254,7 +252,7 @@ def build(days, progress=None) -> list:
         settings = {
             "run_dates": [day.isoformat() for day in days],
             "test_scope": "changed",
-            "tested_through": tested_through,
+            "tested_through": completion.tested_through(),
         }
         arguments = ["build", *BUILD_OPTIONS]
         if points:
