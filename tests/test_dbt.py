@@ -15,7 +15,7 @@ import yaml
 
 from tasks import db, staging, transform
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, query, run_cli
 from test_report import REPORT_2024_03_05, WORKED_EXAMPLE, one_file_source, run_etl
 
 UNIT_TESTS = {
@@ -60,6 +60,21 @@ def test_dbt_unit_tests_pass(database_url):
     assert result.returncode == 0, result.stdout[-5000:]
     results = run_results()
     assert {r["unique_id"].split(".")[-1]: r["status"] for r in results} == {name: "pass" for name in UNIT_TESTS}
+
+
+@pytest.mark.slow
+def test_a_report_date_given_twice_by_hand_counts_once(database_url, tmp_path, monkeypatch):
+    one_file_source(tmp_path, monkeypatch, WORKED_EXAMPLE)
+    run_etl(datetime.date(2024, 3, 5))
+    report = (
+        "select cohort_month, months_since_signup, cohort_size, active_users, retention_rate"
+        " from reporting.cohort_summary where as_of_date = '2024-03-05' order by 1, 2"
+    )
+    before = query(report)
+    twice = {"run_dates": ["2024-03-05", "2024-03-05"], "snapshot_date": "2024-03-05"}
+    result = dbt("run", "--select", "cohort_summary", dbt_vars=twice)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert len(before) == 5 and query(report) == before
 
 
 def test_dbt_by_hand_reaches_the_pipeline_database_under_its_own_name(database_url):

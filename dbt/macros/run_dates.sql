@@ -24,8 +24,12 @@
     {%- if execute and not values -%}
         {{ exceptions.raise_compiler_error("var run_dates is required: --vars '{run_dates: [\"YYYY-MM-DD\"]}'") }}
     {%- endif -%}
+    {#- a date given twice is one date: the report joins each date once, so a repeat would count twice -#}
     {%- set checked = [] -%}
-    {%- for value in values -%}{%- do checked.append(checked_date('run_dates', value)) -%}{%- endfor -%}
+    {%- for value in values -%}
+        {%- set date = checked_date('run_dates', value) -%}
+        {%- if date not in checked -%}{%- do checked.append(date) -%}{%- endif -%}
+    {%- endfor -%}
     {{ return(checked or ['1970-01-01']) }}
 {%- endmacro %}
 

@@ -8,7 +8,3 @@
 {% macro postgres__snapshot_get_time() -%}
     '{{ snapshot_date() }}'::timestamp without time zone
 {%- endmacro %}
-
-{% macro default__snapshot_get_time() -%}
-    {{ postgres__snapshot_get_time() }}
-{%- endmacro %}

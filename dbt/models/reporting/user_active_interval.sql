@@ -17,7 +17,7 @@
 -- The periods each user is active (macros/active_intervals.sql), the building block of the
 -- cohort report, kept per user so that a build recomputes only the users it changed. An event
 -- delivered in a partition after its own UTC day is seen by a report only from that partition on,
--- so such a user has one set of intervals per "visibility epoch" (docs.md, block cohort_rules).
+-- so such a user has one set of intervals per "visibility epoch" (docs.md, block active_intervals).
 -- What a build changes is logged for active_interval_count (macros/interval_counts.sql): the rows
 -- its replace_keys strategy deletes and inserts, or a reset.
 
