@@ -3,7 +3,8 @@
 Reads the command line and the configuration; runs Luigi (on luigid at [core] scheduler_host:port
 when it answers, else on the local scheduler) and exits with Luigi's [retcode] code. Each run is
 recorded in `etl.run` and logs to `<data_dir>/logs/run-<UTC start>-<pid>.log`; the terminal gets a line per
-stage and a summary (tasks.console). Input mistakes get one line on stderr and exit code 2. A
+stage and a summary (tasks.console). Input mistakes get one line on stderr and exit code 2 (a
+database that cannot be reached, 35: Luigi's scheduling_error, which a scheduler may retry). A
 backfill into a warehouse that earlier builds wrote ends with every dbt data test on every row
 (`test-warehouse`).
 """
@@ -239,6 +240,9 @@ def check_dates(args) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if not config.luigi_cfg_found():
+        print(f"error: no luigi.cfg in {os.getcwd()}: run from the project's folder, as make does", file=sys.stderr)
+        return 2
     try:
         if args.command == "db-url":
             print(db.describe(server.database_url()))
@@ -263,9 +267,14 @@ def main(argv=None) -> int:
             print(f"error: {problem}", file=sys.stderr)
             return 2
         return run_command(args)
-    except (ValueError, db.DatabaseUnavailable, schemas.ForeignObjects) as err:
+    except (ValueError, schemas.ForeignObjects) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except db.DatabaseUnavailable as err:
+        # Not an input mistake: the server may come back, so a scheduler that retries on Luigi's
+        # scheduling_error retries this too (the same code as a completion check that cannot answer).
+        print(f"error: {err}", file=sys.stderr)
+        return luigi.retcodes.retcode().scheduling_error
 
 
 def run_command(args) -> int:

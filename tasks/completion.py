@@ -2,9 +2,10 @@
 
 Reads and writes the record tables named by each `Ledger` (`etl.download`, `staging.*_partition`,
 `etl.build`, `etl.report`), and reads `etl.tested_through`, which a build writes with its records.
-Every task's `output()` is a `LedgerTarget`, so completion lives where every worker on every
-machine sees it, never on one worker's disk. A record is written by the task in the same
-transaction as the data it vouches for.
+Every task the pipeline runs has a `LedgerTarget` as its `output()` (EventsArrived, the producer's
+objects, is a source target), so completion lives where every worker on every machine sees it,
+never on one worker's disk. A record is written only once what it vouches for is committed: a
+load's in the same transaction as its rows, a build's after dbt committed the models.
 """
 
 import os

@@ -41,6 +41,12 @@ class source(luigi.Config):  # noqa: N801
     max_attempts = luigi.IntParameter(default=4, description="S3 attempts per request before a task fails")
 
 
+def luigi_cfg_found() -> bool:
+    """Whether Luigi read the project's settings. It looks for luigi.cfg in the working directory
+    only; without it every [retcode] is 0, so a failed run would exit 0."""
+    return luigi.configuration.get_config().has_section("retcode")
+
+
 def _env(name):
     # An empty variable counts as unset, so `ETL_DATABASE_URL= make …` means "use the default".
     return os.environ.get(name) or None

@@ -284,7 +284,8 @@ class SourceTarget(luigi.Target):
 
 
 class EventsArrived(luigi.ExternalTask):
-    """The daily events of `date`, written by someone else: until they exist the run waits."""
+    """The daily events of `date`, written by someone else: a run that needs them before they exist
+    ends with [retcode] missing_data (20)."""
 
     date = luigi.DateParameter(description="partition date")
 

@@ -1,4 +1,5 @@
-"""Runs you can look back on: one row per command run (`etl.run`), on luigid or the local scheduler.
+"""Runs you can look back on: one row per pipeline run (`etl.run`: run-etl, load, backfill, worker),
+on luigid or the local scheduler.
 
 Reads and writes `etl.run`: the command, its dates, where it ran, start and end, status, and at the
 end the rows and rejects loaded for its dates, the dbt results of its builds and its log file.

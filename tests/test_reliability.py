@@ -540,6 +540,31 @@ def test_input_mistakes_get_one_line(arguments, env, message):
     assert message in result.stderr and result.stderr.strip().count("\n") == 0
 
 
+def test_a_command_run_outside_the_project_folder_is_refused(tmp_path):
+    # Luigi reads luigi.cfg from the working directory only: elsewhere every [retcode] is 0 and a
+    # failed run would exit 0.
+    result = subprocess.run(
+        [sys.executable, "-m", "tasks", "run-etl", "2024-01-05"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert f"no luigi.cfg in {tmp_path}" in result.stderr
+
+
+def test_an_unreachable_database_is_a_scheduling_error_not_an_input_mistake():
+    # A scheduler retries exit 35 (the server may come back); 2 means "fix the command".
+    url = "postgresql://etl@127.0.0.1:9/warehouse"
+    result = run_cli(
+        "load", "2024-01-01", env={"ETL_DATABASE_URL": url, "ETL_HISTORY_START": "2024-01-01"}, timeout=120
+    )
+    assert result.returncode == 35
+    assert f"cannot connect to PostgreSQL at {url}" in result.stderr
+
+
 def test_a_file_name_that_is_not_utf8_is_named_and_fails_the_download(database_url, source, settings):
     settings("source", events_key="events/date={date}/")
     day = source / "events" / "date=2024-01-01"
