@@ -34,11 +34,19 @@ source_object as (
 {% set changed_dates = changed_event_partition_dates() %}
 {% set changed_partitions = date_array(changed_dates) %}
 
+stored_history as not materialized (
+    select * from {{ this }}
+),
+
+taken_partition as not materialized (
+    select * from {{ ref('hist_user_event_partition') }}
+),
+
 -- events whose winning delivery came from a changed partition (a reload): their first delivery is
 -- recomputed from their deliveries in staging
 reworked_event as (
     select history.event_id
-    from {{ this }} as history
+    from stored_history as history
     where history.partition_date = any({{ changed_partitions }})
 ),
 
@@ -58,7 +66,7 @@ delivery as (
         and staging_event.date > '{{ changed_dates[0] if changed_dates else "infinity" }}'
         -- not from a partition loaded since this build took the partitions in: the history holds
         -- rows of the partitions it took in only
-        and staging_event.date in (select taken.partition_date from {{ ref('hist_user_event_partition') }} as taken)
+        and staging_event.date in (select taken.partition_date from taken_partition as taken)
         -- evaluated once: without reworked events, staging is not read at all
         and exists (select from reworked_event as any_reworked_event)  -- noqa: AL05
 ),

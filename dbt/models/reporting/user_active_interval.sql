@@ -25,6 +25,10 @@
 
 with
 
+history as not materialized (
+    select * from {{ ref('hist_user_event') }}
+),
+
 {% if adds_to_this() %}
 
 -- the changed users with a new creation or deletion (docs.md, changed_users)
@@ -44,7 +48,7 @@ user_event as (
     select user_event.*
     from recomputed_user
     cross join lateral (
-        select * from {{ ref('hist_user_event') }} as history
+        select * from history
         where
             history.user_id = recomputed_user.user_id
             and history.event_type in {{ sql_list(interval_event_types()) }}
@@ -55,7 +59,7 @@ user_event as (
 {% else %}
 
 user_event as (
-    select * from {{ ref('hist_user_event') }}
+    select * from history
     where event_type in {{ sql_list(interval_event_types()) }}
 ),
 
