@@ -213,6 +213,7 @@ def run_warehouse_tests(run_started_at=None) -> int:
     run = transform.check_warehouse()
     if run.returncode == 0:
         console.say(f"warehouse tests: {transform.status_counts([run])}")
+        console.dbt_warnings(transform.results_summary([run])["warnings"])
         return 0
     console.failed("test-warehouse", transform.failures(run) or [f"dbt test exited {run.returncode}"], run.log_path)
     return luigi.retcodes.retcode().task_failed

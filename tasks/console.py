@@ -138,11 +138,16 @@ def print_summary(result: dict, days, outcome: str, reports) -> None:
     if result["dbt"]:
         statuses = ", ".join(f"{count} {name.upper()}" for name, count in sorted(result["dbt"]["statuses"].items()))
         say(f"  dbt: {statuses}")
-        for warning in result["dbt"]["warnings"]:
-            say(f"  dbt WARN {warning['node']}: {warning['message']}")
+        dbt_warnings(result["dbt"]["warnings"])
     for path, rows in reports:
         say(f"  report {path} ({rows} rows; heatmap .png and .svg beside it)")
     say(f"  log: {_run['log']}")
+
+
+def dbt_warnings(warnings: list) -> None:
+    """Each warning of dbt's on a line of its own (tasks.transform.results_summary)."""
+    for warning in warnings:
+        say(f"  dbt WARN {warning['node']}: {warning['message']}")
 
 
 def report_rows(path) -> int:

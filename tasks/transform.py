@@ -459,7 +459,10 @@ def run_by_hand(arguments: list) -> int:
         finally:
             conn.close()
         env["ETL_DBT_APPLICATION"] = f"{DBT_APPLICATION}-by-hand"  # not a build's: see dbt_lock
-        return subprocess.call(command, cwd=DBT_PROJECT, env=env)
+        try:
+            return subprocess.call(command, cwd=DBT_PROJECT, env=env)
+        except KeyboardInterrupt:  # e.g. `docs serve`, which runs until Ctrl-C: dbt got it too
+            return 128 + signal.SIGINT
 
     def waiting():
         console.say("waiting for the dbt running on this warehouse (a build, or a test or dbt run by hand) to finish")

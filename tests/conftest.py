@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -71,6 +72,13 @@ def postgres_server():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on (yet)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def with_dbname(url: str, dbname: str) -> str:
     return psycopg2.extensions.make_dsn(url, dbname=dbname)
 
@@ -92,12 +100,15 @@ def database_url(postgres_server, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def etl_env(tmp_path, monkeypatch):
-    """Each test starts from the repo's luigi.cfg, a private data_dir and no ETL_* variables."""
+def etl_env(tmp_path, monkeypatch, settings):
+    """Each test starts from the repo's luigi.cfg, a private data_dir and no ETL_* variables, and
+    never reaches a luigid running on this machine (make luigid): that luigid's workers would run
+    the test's tasks, into their own data dir and database. A test that wants luigid starts its own."""
     for name in ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("ETL_DATA_DIR", str(tmp_path / "work"))
+    settings("core", scheduler_port=free_port())
     yield
 
 

@@ -7,8 +7,11 @@ their column types: a build of a fresh database, with its staging tables empty, 
 
 import datetime
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -75,6 +78,32 @@ def test_a_report_date_given_twice_by_hand_counts_once(database_url, tmp_path, m
     result = dbt("run", "--select", "cohort_summary", dbt_vars=twice)
     assert result.returncode == 0, result.stdout[-3000:]
     assert len(before) == 5 and query(report) == before
+
+
+def test_ctrl_c_ends_a_read_only_dbt_by_hand_with_130_and_no_traceback_of_ours(database_url):
+    # e.g. `make dbt ARGS="docs serve"`, which runs until Ctrl-C; a query stands in for it here.
+    run = subprocess.Popen(
+        [sys.executable, "-m", "tasks", "dbt", "show", "--inline", "select pg_sleep(60) as slept"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        sleeping = "select 1 from pg_stat_activity where query like %s and pid != pg_backend_pid()"
+        while not query(sleeping, ("%pg_sleep(60) as slept%",)):
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+            time.sleep(0.05)  # poll interval of a condition on the server's state
+        os.killpg(run.pid, signal.SIGINT)  # as Ctrl-C reaches the terminal's process group
+        out, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    assert run.returncode == 128 + signal.SIGINT, out + err
+    assert "tasks/transform.py" not in out + err
 
 
 def test_dbt_by_hand_reaches_the_pipeline_database_under_its_own_name(database_url):

@@ -18,7 +18,7 @@ import pytest
 from tasks import config
 
 import cohort_oracle
-from conftest import ROOT, query, run_cli, write_lines
+from conftest import ROOT, free_port, query, run_cli, write_lines
 
 pytestmark = pytest.mark.slow
 
@@ -59,14 +59,6 @@ def api(port, method, **data):
 def worker_names(port) -> str:
     """The names luigid knows its active workers by (each holds its pid), in one string."""
     return " ".join(entry["name"] for entry in api(port, "worker_list"))
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_workers_without_a_shared_disk_finish_a_backfill_when_one_is_killed(
