@@ -490,4 +490,8 @@ def run_by_hand(arguments: list) -> int:
 
 
 def _by_hand_environment(conn) -> dict:
-    return {**dbt_environment(conn), "DBT_TARGET_PATH": str(target_path().with_name("target-by-hand"))}
+    env = {**dbt_environment(conn), "DBT_TARGET_PATH": str(target_path().with_name("target-by-hand"))}
+    if not sys.stdout.isatty():
+        # dbt colours what it prints even into a pipe or a file; a setting of the user's wins
+        env.setdefault("DBT_USE_COLORS", "false")
+    return env

@@ -115,6 +115,7 @@ def test_dbt_by_hand_reaches_the_pipeline_database_under_its_own_name(database_u
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "| named_by_hand |" in result.stdout
     assert " True |" in result.stdout
+    assert "\x1b[" not in result.stdout  # no terminal here: no colour codes
 
 
 @pytest.mark.parametrize(
