@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -77,6 +78,14 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def wait_for(condition, seconds=300):
+    """Until `condition()` holds: another process is to reach a state this test can see."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the other process never got there"
+        time.sleep(0.1)
 
 
 def with_dbname(url: str, dbname: str) -> str:

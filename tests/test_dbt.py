@@ -11,14 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
 
 from tasks import db, staging, transform
 
-from conftest import ROOT, query, run_cli
+from conftest import ROOT, query, run_cli, wait_for
 from test_report import REPORT_2024_03_05, WORKED_EXAMPLE, one_file_source, run_etl
 
 UNIT_TESTS = {
@@ -91,11 +90,9 @@ def test_ctrl_c_ends_a_read_only_dbt_by_hand_with_130_and_no_traceback_of_ours(d
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 120
         sleeping = "select 1 from pg_stat_activity where query like %s and pid != pg_backend_pid()"
-        while not query(sleeping, ("%pg_sleep(60) as slept%",)):
-            assert run.poll() is None and time.monotonic() < deadline, run.communicate()
-            time.sleep(0.05)  # poll interval of a condition on the server's state
+        wait_for(lambda: run.poll() is not None or query(sleeping, ("%pg_sleep(60) as slept%",)), seconds=120)
+        assert run.poll() is None, run.communicate()
         os.killpg(run.pid, signal.SIGINT)  # as Ctrl-C reaches the terminal's process group
         out, err = run.communicate(timeout=60)
     finally:

@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.parse
 import urllib.request
 import warnings
@@ -24,7 +23,7 @@ from tasks.transform import BuildWarehouse
 from tasks.workflows import Backfill, RunEtl
 from tools import screenshot
 
-from conftest import ROOT, free_port, query, run_cli, write_lines
+from conftest import ROOT, free_port, query, run_cli, wait_for, write_lines
 from test_report import REPORT_2024_03_05, WORKED_EXAMPLE, one_file_source
 
 pytestmark = pytest.mark.slow
@@ -200,14 +199,6 @@ def test_builds_between_forces_removal_and_its_reload(database_url, worked_examp
     )
     [(line, delivered_line, load, delivered_load)] = query(places)
     assert (line, load) == (delivered_line, delivered_load)
-
-
-def wait_for(condition, seconds=300):
-    """Until `condition()` holds: another process is to reach a state this test can see."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "the other process never got there"
-        time.sleep(0.1)
 
 
 def test_a_build_that_a_reload_overtook_builds_again(database_url, worked_example, capsys, tmp_path):
