@@ -81,11 +81,17 @@ browser: ## install Debian's chromium when missing (as root, with apt)
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
 		fi || echo "warning: could not install chromium; the browser test will be skipped" >&2; }
 
+# The tests run in TEST_WORKERS pytest processes side by side (pytest-xdist), each with its own
+# PostgreSQL and S3 servers. A test mostly waits on dbt and the database, so two workers on two cores
+# take about half the time of one. A fixed number, not one per core: in a container the core count
+# Python sees can be the host's. TEST_WORKERS=0 runs every test in one process.
+TEST_WORKERS ?= 2
+
 test: setup-dev browser ## the whole test suite: lint, unit, dbt unit tests, end to end (real PostgreSQL and S3 protocol)
-	$(PY) -m pytest
+	$(PY) -m pytest -n "$(TEST_WORKERS)"
 
 test-fast: setup-dev ## the tests without the end-to-end runs (under a minute)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n "$(TEST_WORKERS)" -m "not slow"
 
 test-warehouse: setup ## every dbt data test on every row of the warehouse (a build checks only what it changed)
 	@$(PY) -m tasks test-warehouse
