@@ -216,6 +216,14 @@ def fresh_completion_memory():
     completion.close_checks()
 
 
+def start_cli(*args, env=None, **popen) -> subprocess.Popen:
+    """`python -m tasks ARGS` started in a child process with the test's environment (plus `env`);
+    `popen` are subprocess.Popen's options (stdout, stderr, text, ...)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tasks", *args], cwd=ROOT, env={**os.environ, **(env or {})}, **popen
+    )
+
+
 def run_cli(*args, env=None, timeout=600):
     """`python -m tasks ARGS` in a child process with the test's environment."""
     return subprocess.run(

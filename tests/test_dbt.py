@@ -10,14 +10,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 import yaml
 
 from tasks import db, staging, transform
 
-from conftest import ROOT, query, run_cli, wait_for
+from conftest import query, run_cli, start_cli, wait_for
 from test_report import REPORT_2024_03_05, WORKED_EXAMPLE, one_file_source, run_etl
 
 UNIT_TESTS = {
@@ -81,9 +80,11 @@ def test_a_report_date_given_twice_by_hand_counts_once(database_url, tmp_path, m
 
 def test_ctrl_c_ends_a_read_only_dbt_by_hand_with_130_and_no_traceback_of_ours(database_url):
     # e.g. `make dbt ARGS="docs serve"`, which runs until Ctrl-C; a query stands in for it here.
-    run = subprocess.Popen(
-        [sys.executable, "-m", "tasks", "dbt", "show", "--inline", "select pg_sleep(60) as slept"],
-        cwd=ROOT,
+    run = start_cli(
+        "dbt",
+        "show",
+        "--inline",
+        "select pg_sleep(60) as slept",
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -181,12 +182,8 @@ def test_dbt_by_hand_waits_for_a_build_when_it_changes_the_warehouse(database_ur
             listed = run_cli("dbt", "ls", "--select", "dim_user", timeout=300)
             assert listed.returncode == 0, listed.stdout[-2000:] + listed.stderr[-2000:]
             assert "product_events.dimensional.dim_user" in listed.stdout
-            by_hand = subprocess.Popen(
-                [sys.executable, "-m", "tasks", "dbt", "test", "--select", "source:staging"],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
+            by_hand = start_cli(
+                "dbt", "test", "--select", "source:staging", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
             )
             # Its first words: it found the lock held, and waits for it.
             first = by_hand.stdout.readline()

@@ -5,7 +5,6 @@ import json
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import urllib.parse
 import urllib.request
@@ -23,7 +22,7 @@ from tasks.transform import BuildWarehouse
 from tasks.workflows import Backfill, RunEtl
 from tools import screenshot
 
-from conftest import ROOT, free_port, query, run_cli, wait_for, write_lines
+from conftest import free_port, query, run_cli, start_cli, wait_for, write_lines
 from test_report import REPORT_2024_03_05, WORKED_EXAMPLE, one_file_source
 
 pytestmark = pytest.mark.slow
@@ -220,8 +219,7 @@ def test_a_build_that_a_reload_overtook_builds_again(database_url, worked_exampl
                 "select count(*) from pg_locks where not granted and relation = 'reporting.cohort_summary'::regclass"
             )
             wait_for(lambda: query(waiting) == [(1,)])
-            command = [sys.executable, "-m", "tasks", "run-etl", "2024-03-04", "--force"]
-            run = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            run = start_cli("run-etl", "2024-03-04", "--force", stdout=log, stderr=subprocess.STDOUT)
             wait_for(lambda: query(partition_load) not in ([], [(first_load,)]))
         finally:
             holder.rollback()

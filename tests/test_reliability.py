@@ -20,7 +20,7 @@ import pytest
 from tasks import db, extract, records, schemas, staging, transform
 from tasks.load import LoadHistory
 
-from conftest import ROOT, query, run_cli, with_dbname, write_lines
+from conftest import ROOT, query, run_cli, start_cli, with_dbname, write_lines
 from faults import FreezingProxy, SilentEndpoint, TruncatingS3Proxy
 
 pytestmark = pytest.mark.reliability
@@ -316,13 +316,7 @@ def _gone(pid: int) -> bool:
 @pytest.mark.slow
 def test_a_run_killed_during_dbt_leaves_nothing_running(database_url, source):
     write_lines(source / "events_sample.json", [event(n) for n in range(200)])
-    run_etl = subprocess.Popen(
-        [sys.executable, "-m", "tasks", "run-etl", "2024-01-01"],
-        cwd=ROOT,
-        env=os.environ.copy(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    run_etl = start_cli("run-etl", "2024-01-01", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         dbt = []
         while run_etl.poll() is None and not dbt:  # a condition, not a fixed delay
@@ -364,14 +358,7 @@ def test_overlapping_runs_and_separate_pipelines_all_succeed(database_url, postg
             ),  # another pipeline, same date, same command line
         ]
         runs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "tasks", "run-etl", date],
-                cwd=ROOT,
-                env=e,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            start_cli("run-etl", date, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for e, date in commands
         ]
         outcomes = [(process.wait(timeout=600), process.stderr.read()) for process in runs]
@@ -450,14 +437,7 @@ def test_a_postgresql_that_stops_answering_fails_the_run_in_bounded_time(databas
             "ETL_DATABASE_URL": f"host=127.0.0.1 port={proxy.port} user={params['user']} "
             f"dbname={params['dbname']} sslmode=disable",
         }
-        run_etl = subprocess.Popen(
-            [sys.executable, "-m", "tasks", "run-etl", "2024-01-01"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        run_etl = start_cli("run-etl", "2024-01-01", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         while (
             run_etl.poll() is None
             and not query("select count(*) from pg_stat_activity where state = 'active' and query ilike 'copy%%'")[0][0]

@@ -5,10 +5,8 @@ protocol; one worker is killed mid-run and the others finish the job."""
 import datetime
 import gzip
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -18,7 +16,7 @@ import pytest
 from tasks import config
 
 import cohort_oracle
-from conftest import ROOT, free_port, query, run_cli, write_lines
+from conftest import free_port, query, run_cli, start_cli, write_lines
 
 pytestmark = pytest.mark.slow
 
@@ -85,16 +83,8 @@ def test_workers_without_a_shared_disk_finish_a_backfill_when_one_is_killed(
     workers = []
     try:
         for name in ("one", "two"):
-            env = {**os.environ, "ETL_DATA_DIR": str(tmp_path / f"worker-{name}")}
-            workers.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "tasks", "worker"],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
+            env = {"ETL_DATA_DIR": str(tmp_path / f"worker-{name}")}
+            workers.append(start_cli("worker", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         # Both assistants must be asking luigid for work before the backfill is scheduled; on a loaded
         # machine one still importing would otherwise see every task taken.
         while True:
@@ -103,11 +93,11 @@ def test_workers_without_a_shared_disk_finish_a_backfill_when_one_is_killed(
                 break
             assert all(w.poll() is None for w in workers), "a worker exited before it joined luigid"
             time.sleep(0.05)  # poll interval of a condition on luigid's state
-        driver_env = {**os.environ, "ETL_DATA_DIR": str(tmp_path / "driver")}
-        driver = subprocess.Popen(
-            [sys.executable, "-m", "tasks", "backfill", str(DAYS[0]), str(DAYS[-1])],
-            cwd=ROOT,
-            env=driver_env,
+        driver = start_cli(
+            "backfill",
+            str(DAYS[0]),
+            str(DAYS[-1]),
+            env={"ETL_DATA_DIR": str(tmp_path / "driver")},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
