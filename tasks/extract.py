@@ -240,17 +240,21 @@ def _alive(pid: int) -> bool:
 def land(src: Source, dataset: str, obj: SourceObject) -> SourceObject:
     """Copy one object of a local source into the landing folder, unless an equal copy is there.
 
-    The copy is written to a temporary file and renamed into place, so a reader (or a concurrent
-    run landing the same object) sees the old or the new file, never half of one.
+    A copy is equal when it has the source file's size and modification time, which the copy
+    takes from it: a file replaced by one of the same size, even with an older time (`cp -p`,
+    `rsync -t`, a restore from backup), is copied again. The copy is written to a temporary file
+    and renamed into place, so a reader (or a concurrent run landing the same object) sees the old
+    or the new file, never half of one.
     """
     relative = PurePosixPath(obj.key)
     if relative.is_absolute() or ".." in relative.parts:
         raise SourceError(f"source key {obj.key!r} points outside the source root")
     destination = landing_folder(dataset) / relative
+    source_time = (src.root / obj.key).stat().st_mtime_ns
     if not (
         destination.is_file()
         and destination.stat().st_size == obj.size
-        and destination.stat().st_mtime_ns >= (src.root / obj.key).stat().st_mtime_ns
+        and destination.stat().st_mtime_ns == source_time
     ):
         destination.parent.mkdir(parents=True, exist_ok=True)
         temporary = _temporary_name(destination)
@@ -258,6 +262,8 @@ def land(src: Source, dataset: str, obj: SourceObject) -> SourceObject:
             written = src.copy(obj.key, temporary)
             if written != obj.size:
                 raise SourceError(f"{src.describe(obj.key)}: expected {obj.size} bytes, copied {written}; re-run")
+            # the time read before the copy: a source changed during it has a later one, and lands again
+            os.utime(temporary, ns=(source_time, source_time))
             os.replace(temporary, destination)
         finally:
             temporary.unlink(missing_ok=True)

@@ -3,6 +3,8 @@
 import datetime
 import gzip
 import json
+import os
+from pathlib import Path
 
 import luigi
 import pytest
@@ -93,3 +95,22 @@ def test_a_short_copy_leaves_no_file(tmp_path, monkeypatch):
     assert list(folder.iterdir()) == []  # neither the file nor its temporary copy
     landed = extract.land(extract.source(), "events", extract.SourceObject("events.json", 3))
     assert landed.path == str(folder / "events.json") and (folder / "events.json").read_bytes() == b"{}\n"
+
+
+def test_a_source_file_replaced_by_one_of_the_same_size_lands_again_whatever_its_time(tmp_path, monkeypatch):
+    # e.g. a corrected file put back with `cp -p` or `rsync -t`: its time is older than the copy's
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "events.json").write_bytes(b'{"n":1}\n')
+    monkeypatch.setenv("ETL_SOURCE_URL", str(source))
+    obj = extract.SourceObject("events.json", 8)
+    landed = Path(extract.land(extract.source(), "events", obj).path)
+    copied = landed.stat().st_ino
+    extract.land(extract.source(), "events", obj)
+    assert landed.stat().st_ino == copied  # unchanged: not copied again
+
+    (source / "events.json").write_bytes(b'{"n":2}\n')
+    year_2020 = 1_577_836_800 * 10**9
+    os.utime(source / "events.json", ns=(year_2020, year_2020))
+    extract.land(extract.source(), "events", obj)
+    assert landed.read_bytes() == b'{"n":2}\n'
