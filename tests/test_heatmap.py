@@ -67,3 +67,14 @@ def test_cli_writes_next_to_the_csv(tmp_path, capsys):
     assert heatmap.main([str(csv_path), str(tmp_path / "out.svg")]) == 0
     assert (tmp_path / "out.svg").read_bytes().lstrip().startswith(b"<?xml")
     assert heatmap.main([]) == 2
+
+
+def test_a_grid_of_centuries_is_drawn_within_bounds():
+    # One valid event dated year 1 makes a cohort 24,000 months old; unbounded, its picture took
+    # all the machine's memory. Shrunk to fit, with the cohorts still named.
+    rows = [f"0001-01,{k},1,1,1.0000\n" for k in range(24_277)] + ["2024-01,0,2,1,0.5000\n"]
+    png = heatmap.render(HEADER + "".join(rows), "2024-01-31", "png")
+    width, height = _png_size(png)
+    assert 1600 <= width <= heatmap.MAX_INCHES * heatmap.DPI and height <= heatmap.MAX_INCHES * heatmap.DPI
+    svg = heatmap.render(HEADER + "".join(rows), "2024-01-31", "svg").decode()
+    assert "0001-01 (1)" in svg and "2024-01 (2)" in svg
