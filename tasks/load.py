@@ -337,7 +337,8 @@ def _ratio_message(dataset, keys, partition: Partition, limit: float) -> str:
         f"{dataset.table.name} {partition.date}: {partition.rejects} of {partition.lines_read} lines read from "
         f"{', '.join(keys)} are bad ({partition.rejects / partition.lines_read:.2%} "
         f"> max_reject_ratio {limit}); first bad lines: {first}. Every one is in {dataset.rejected.name}. "
-        f"Fix the source, or raise [etl] max_reject_ratio in luigi.cfg."
+        f"Fix the source and reprocess the date (make run-etl DATE={partition.date} FORCE=1: a plain run"
+        " reads the download it recorded), or raise [etl] max_reject_ratio in luigi.cfg."
     )
 
 

@@ -301,6 +301,7 @@ def test_over_the_reject_ratio_the_partition_fails_but_rejects_stay(database_url
     message = str(failure.value)
     assert "part-0.json" in message and "line 9" in message and "line 10" in message
     assert "max_reject_ratio" in message and "2 of 10" in message
+    assert "make run-etl DATE=2024-01-01 FORCE=1" in message  # a plain run would read the same download
     # The bad partition loaded no rows and has no ledger row; the good one of the same run committed.
     assert partition_counts("staging.event") == {D2: 1}
     assert partition_counts("staging.event_rejected") == {D1: 2}
