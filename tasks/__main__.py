@@ -351,17 +351,21 @@ def run_tasks(args, first, last, scheduler_args, started_at, ended: dict) -> int
     reports = []
     # The reports are made once the tasks are done, whatever the closing check of a backfill found.
     if tasks_done and args.command in ("run-etl", "backfill"):
-        paths = export.deliver(days)
-        reports = [
-            (path, console.report_rows(path)) for path in (paths[:1] if args.command == "run-etl" else paths[-1:])
-        ]
+        wanted = export.report_path(days[0] if args.command == "run-etl" else days[-1])
+        if wanted in export.deliver(days):
+            reports = [(wanted, console.report_rows(wanted))]
+        else:
+            # its records went between the export and now: another run reloaded an earlier date
+            console.say(f"{wanted.name} was outdated by a reload (FORCE=1) of an earlier date while this run ran")
+            code = ended["code"] = luigi.retcodes.retcode().task_failed
+            outcome = f"failed (exit {code})"
     console.print_summary(result, days, outcome, reports)
-    if args.command == "run-etl" and args.force and code != 0 and len(days) > 1:
-        # Their records are gone: a second FORCE would find no later report to rebuild.
+    outdated = overwrite.outdated_reports() if args.command in ("run-etl", "backfill") else []
+    if outdated:
+        # Their records are gone, so no plain run would rebuild them; a forced run of the first does.
         console.say(
-            f"the reports of {', '.join(map(str, days[1:]))} are not rebuilt yet: once the cause is fixed,"
-            f" `make run-etl DATE={days[0]} FORCE=1` and then `make backfill FROM={days[1]} TO={days[-1]}`"
-            " finish what this run began"
+            f"the reports of {', '.join(map(str, outdated))} were outdated by a reload (FORCE=1) and are not"
+            f" rebuilt yet: once any cause is fixed, `make run-etl DATE={outdated[0]} FORCE=1` rebuilds them"
         )
     if reports and args.command == "run-etl":
         print(reports[0][0].read_text(), end="")

@@ -2,6 +2,7 @@
 
 Reads and writes the record tables named by each `Ledger` (`etl.download`, `staging.*_partition`,
 `etl.build`, `etl.report`), and reads `etl.tested_through`, which a build writes with its records.
+Creates `etl.outdated_report` (tasks.overwrite writes it, tasks.export clears it).
 Every task the pipeline runs has a `LedgerTarget` as its `output()` (EventsArrived, the producer's
 objects, is a source target), so completion lives where every worker on every machine sees it,
 never on one worker's disk. A record is written only once what it vouches for is committed: a
@@ -162,6 +163,12 @@ create table if not exists etl.report (
     content bytea not null,
     exported_at timestamptz not null default now(),
     primary key (run_date, kind)
+);
+-- A report date a reload (FORCE=1) outdated, until an export writes its report again: the list
+-- outlives a forced run that is killed, so running the same command again rebuilds them all.
+create table if not exists etl.outdated_report (
+    run_date date primary key,
+    outdated_at timestamptz not null default now()
 );
 """
 

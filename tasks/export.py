@@ -91,6 +91,7 @@ def store(files: dict) -> None:
             """,
             [(day, kind, content) for (day, kind), content in files.items()],
         )
+        cur.execute("delete from etl.outdated_report where run_date = any(%s)", (days,))
     for (day, kind), content in files.items():
         write_file(report_path(day, kind), content)
 
@@ -106,13 +107,17 @@ def stored(days, kind: str) -> dict:
 
 def deliver(days) -> list:
     """Write the recorded report files of `days` here (another worker may have exported them);
-    returns the CSV paths."""
+    returns the paths of the CSVs recorded, in date order: a reload (FORCE=1) of an earlier date
+    may have removed some since they were exported."""
+    recorded = []
     for kind in KINDS:
         for day, content in stored(days, kind).items():
             path = report_path(day, kind)
             if not path.exists() or path.read_bytes() != content:
                 write_file(path, content)
-    return [report_path(day) for day in days]
+            if kind == "csv":
+                recorded.append(day)
+    return [report_path(day) for day in sorted(recorded)]
 
 
 class ExportCohortSummary(luigi.Task):

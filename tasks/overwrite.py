@@ -3,9 +3,12 @@
 Reads and removes completion records: D's download and partition-ledger rows, and the build and
 report records of D and of every later date that has a build or a report (each saw partition D); and
 this machine's report files of those dates, so that a run that fails leaves no report its records
-no longer vouch for. No data is deleted here: the same run reloads D in one transaction and
-rebuilds those reports.
+no longer vouch for. Writes those dates to `etl.outdated_report`, which keeps them after the records
+are gone: a run that is killed before it rebuilt them leaves them there for the next. No data is
+deleted here: the same run reloads D in one transaction and rebuilds those reports.
 """
+
+import psycopg2
 
 from tasks import completion, db, export, staging
 
@@ -22,13 +25,19 @@ def invalidate(date) -> tuple:
             cur.execute(f"delete from {dataset.ledger_table} where partition_date = %s returning 1", (date,))
             if cur.fetchall():
                 done.append(f"{dataset.table.name} {date} will be reloaded from the source")
-        # a build whose reports are not exported yet counts too: it read partition D
+        # a build whose reports are not exported yet counts too: it read partition D; and so does a
+        # report an earlier forced run outdated and did not live to rebuild
         cur.execute(
-            "select run_date from etl.report where run_date > %(date)s"
-            " union select run_date from etl.build where run_date > %(date)s order by 1",
+            "select run_date from etl.report where run_date >= %(date)s"
+            " union select run_date from etl.build where run_date >= %(date)s"
+            " union select run_date from etl.outdated_report where run_date >= %(date)s order by 1",
             {"date": date},
         )
-        later = [row[0] for row in cur.fetchall()]
+        outdated = [row[0] for row in cur.fetchall()]
+        later = [day for day in outdated if day > date]
+        cur.execute(
+            "insert into etl.outdated_report (run_date) select unnest(%s::date[]) on conflict do nothing", (outdated,)
+        )
         cur.execute("delete from etl.build where run_date >= %s", (date,))
         cur.execute("delete from etl.report where run_date >= %s", (date,))
     for ledger in [completion.DOWNLOADS, completion.BUILDS, completion.REPORTS] + [d.ledger for d in staging.DATASETS]:
@@ -48,3 +57,17 @@ def invalidate(date) -> tuple:
             f" {export.report_path(date).parent} until this run writes them again"
         )
     return done, [date] + later
+
+
+def outdated_reports() -> list:
+    """The report dates a reload outdated and no export has written again since, in order; none
+    when the database cannot say (a run that failed for that has said so)."""
+    try:
+        with db.transaction() as conn, conn.cursor() as cur:
+            cur.execute("select to_regclass('etl.outdated_report') is not null")
+            if not cur.fetchone()[0]:
+                return []
+            cur.execute("select run_date from etl.outdated_report order by 1")
+            return [row[0] for row in cur.fetchall()]
+    except psycopg2.Error:
+        return []

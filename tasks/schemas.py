@@ -15,7 +15,17 @@ from tasks import db, server, staging
 PIPELINE_SCHEMAS = ("staging", "historical", "snapshots", "dimensional", "reporting", "etl")
 DBT_PROJECT = Path(__file__).resolve().parent.parent / "dbt"
 # luigid's task history (tasks/luigid.py keeps it in schema etl) and the pipeline's own records.
-ETL_TABLES = ("download", "build", "tested_through", "report", "run", "tasks", "task_events", "task_parameters")
+ETL_TABLES = (
+    "download",
+    "build",
+    "tested_through",
+    "report",
+    "outdated_report",
+    "run",
+    "tasks",
+    "task_events",
+    "task_parameters",
+)
 
 
 class ForeignObjects(Exception):

@@ -15,7 +15,7 @@ import luigi
 import psycopg2
 import pytest
 
-from tasks import config, db, overwrite, transform
+from tasks import config, db, export, overwrite, transform
 from tasks.load import LoadHistory
 from tasks.partitions import dates
 from tasks.transform import BuildWarehouse
@@ -151,22 +151,42 @@ def test_a_failed_forced_run_leaves_no_report_its_records_no_longer_vouch_for(da
     assert query("select count(*) from etl.report where run_date >= '2024-03-04'") == [(0,)]
     assert (reports / "cohort_summary_2024-03-03.csv").exists()
     # What is left to do is said, and does it once the source is right.
-    assert "the reports of 2024-03-05 are not rebuilt yet" in forced.stdout
     assert (
-        "`make run-etl DATE=2024-03-04 FORCE=1` and then `make backfill FROM=2024-03-05 TO=2024-03-05`"
-        " finish what this run began" in forced.stdout
+        "the reports of 2024-03-04, 2024-03-05 were outdated by a reload (FORCE=1) and are not rebuilt yet:"
+        " once any cause is fixed, `make run-etl DATE=2024-03-04 FORCE=1` rebuilds them" in forced.stdout
     )
     (worked_example / "events_sample.json").write_text(WORKED_EXAMPLE)
-    assert run_cli("run-etl", "2024-03-04", "--force").returncode == 0
-    assert not (reports / "cohort_summary_2024-03-05.csv").exists()  # as the failed run said
-    finished = run_cli("backfill", "2024-03-05", "2024-03-05")
+    finished = run_cli("run-etl", "2024-03-04", "--force")
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     assert (reports / "cohort_summary_2024-03-05.csv").read_text() == REPORT_2024_03_05
+    assert "outdated by a reload" not in finished.stdout
 
 
 # The worked example with 2024-03-04 corrected (u3 was not re-created that day), and its 03-05 report.
 CORRECTED = "\n".join(line for line in WORKED_EXAMPLE.splitlines() if '"id":"e9"' not in line) + "\n"
 CORRECTED_2024_03_05 = REPORT_2024_03_05.replace("2024-01,2,3,2,0.6667", "2024-01,2,3,1,0.3333")
+
+
+def test_a_forced_run_killed_once_it_outdated_later_reports_is_finished_by_the_same_command(
+    database_url, worked_example
+):
+    assert run_cli("backfill", "2024-03-03", "2024-03-05").returncode == 0
+    reports = worked_example.parent / "work" / "reports"
+    (worked_example / "events_sample.json").write_text(CORRECTED)
+    # What a `run-etl 2024-03-04 --force` killed right after its first step leaves: no records of
+    # 03-04 and 03-05, no report files, and nothing in any process's memory.
+    overwrite.invalidate(datetime.date(2024, 3, 4))
+    assert not list(reports.glob("cohort_summary_2024-03-0[45].*"))
+    assert export.deliver([datetime.date(2024, 3, 5)]) == []  # a run that exported 03-05 before has none to show
+    # A plain run of another date says what is left; the same forced command again does it.
+    reminder = run_cli("run-etl", "2024-03-03")
+    assert reminder.returncode == 0, reminder.stdout[-3000:] + reminder.stderr[-3000:]
+    assert "the reports of 2024-03-04, 2024-03-05 were outdated by a reload" in reminder.stdout
+    again = run_cli("run-etl", "2024-03-04", "--force")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "reports after 2024-03-04 will be rebuilt too: 2024-03-05" in again.stdout
+    assert (reports / "cohort_summary_2024-03-05.csv").read_text() == CORRECTED_2024_03_05
+    assert query("select count(*) from etl.outdated_report") == [(0,)]
 
 
 def test_builds_between_forces_removal_and_its_reload(database_url, worked_example):
