@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import luigi
 
-from tasks import completion, config, console, db
+from tasks import completion, config, console, db, processes
 from tasks.partitions import PartitionDate, dates
 
 
@@ -221,20 +221,10 @@ def remove_stale_temporaries(folder: Path) -> list:
     host = socket.gethostname()
     for path in folder.rglob(".*.tmp") if folder.is_dir() else []:
         parts = path.name.rsplit(".", 3)  # .<name>.<host>.<pid>.tmp
-        if len(parts) == 4 and parts[1] == host and parts[2].isdigit() and not _alive(int(parts[2])):
+        if len(parts) == 4 and parts[1] == host and parts[2].isdigit() and not processes.alive(int(parts[2])):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def land(src: Source, dataset: str, obj: SourceObject) -> SourceObject:

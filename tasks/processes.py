@@ -3,6 +3,7 @@
 Reads and writes nothing. Luigi runs tasks in forked worker processes (WORKERS > 1) and the
 warehouse build runs dbt as a child; on Linux each of them asks the kernel to kill it when its
 parent dies, so a kill -9 of the run cannot leave a load committing or dbt building on its own.
+`alive` tells whether a process recorded by pid (a run, a download's temporary file) still exists.
 """
 
 import ctypes
@@ -25,3 +26,14 @@ def die_with_parent(parent: int = None) -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if parent is not None and os.getppid() != parent:
         os._exit(1)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process `pid` exists on this machine (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

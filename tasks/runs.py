@@ -11,7 +11,7 @@ import json
 import os
 import socket
 
-from tasks import completion, db
+from tasks import completion, db, processes
 
 DDL = """
 create table if not exists etl.run (
@@ -71,7 +71,9 @@ def finish(run_id: int, status: str, exit_code: int, summary: dict) -> None:
 
 
 def recent(limit: int = 20) -> list:
-    """The latest runs, newest first, as dicts."""
+    """The latest runs, newest first, as dicts. A run still recorded as running whose process is
+    gone from this machine (kill -9, the kernel's OOM killer) could not record its end: it is
+    "killed", for how long it ran unknown. Runs on other machines are shown as recorded."""
     with db.transaction() as conn, conn.cursor() as cur:
         cur.execute("select to_regclass('etl.run') is not null")
         if not cur.fetchone()[0]:
@@ -80,13 +82,18 @@ def recent(limit: int = 20) -> list:
             """
             select run_id, command, first_date, last_date, scheduler, started_at, ended_at,
                    extract(epoch from coalesce(ended_at, now()) - started_at) as seconds, status, exit_code,
-                   rows_loaded, rejects, dbt_results, log_path
+                   rows_loaded, rejects, dbt_results, log_path, host, pid
             from etl.run order by run_id desc limit %s
             """,
             (limit,),
         )
         names = [column.name for column in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    here = socket.gethostname()
+    for row in rows:
+        if row["status"] == "running" and row["host"] == here and not processes.alive(row["pid"]):
+            row.update(status="killed", seconds=None)
+    return rows
 
 
 def table(rows: list) -> str:
@@ -105,7 +112,9 @@ def table(rows: list) -> str:
 
 
 def _duration(seconds) -> str:
-    seconds = float(seconds or 0)
+    if seconds is None:
+        return "?"
+    seconds = float(seconds)
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds // 60:.0f} min {seconds % 60:02.0f} s"
 
 

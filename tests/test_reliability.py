@@ -17,7 +17,7 @@ import luigi
 import psycopg2
 import pytest
 
-from tasks import db, extract, records, schemas, staging, transform
+from tasks import db, extract, records, runs, schemas, staging, transform
 from tasks.load import LoadHistory
 
 from conftest import ROOT, query, run_cli, start_cli, with_dbname, write_lines
@@ -311,6 +311,20 @@ def _gone(pid: int) -> bool:
     except OSError:
         return True
     return state == "Z"
+
+
+def test_make_runs_shows_a_run_whose_process_is_gone_as_killed(database_url):
+    # kill -9 (or the OOM killer) leaves no end to record: without this it stayed "running" for ever
+    day = datetime.date(2024, 1, 1)
+    killed, _ = runs.start("run-etl 2024-01-01", day, day, "local scheduler", "killed.log")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with db.transaction() as conn, conn.cursor() as cur:
+        cur.execute("update etl.run set pid = %s where run_id = %s", (gone.pid, killed))
+    running, _ = runs.start("run-etl 2024-01-02", day, day, "local scheduler", "running.log")  # this process
+    statuses = {row["run_id"]: row["status"] for row in runs.recent()}
+    assert statuses[killed] == "killed" and statuses[running] == "running"
+    assert runs.table(runs.recent()).splitlines()[2].split()[3:5] == ["?", "killed"]
 
 
 @pytest.mark.slow
