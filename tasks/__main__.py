@@ -10,6 +10,7 @@ backfill into a warehouse that earlier builds wrote ends with every dbt data tes
 """
 
 import argparse
+import configparser
 import datetime
 import json
 import logging
@@ -17,8 +18,14 @@ import os
 import shutil
 import sys
 
-import luigi.retcodes
-import luigi.worker
+try:
+    import luigi.retcodes
+    import luigi.worker
+except configparser.Error as err:
+    # Luigi reads its configuration files when it is imported: one that does not parse (a section
+    # twice, a missing bracket) would end in Luigi's traceback and exit 1, not as an input mistake.
+    print(f"error: a Luigi configuration file does not parse: {err}", file=sys.stderr)
+    sys.exit(2)
 
 from tasks import config, console, db, luigid, processes, runs, schemas, server
 

@@ -549,6 +549,16 @@ def test_a_command_run_outside_the_project_folder_is_refused(tmp_path):
     assert f"no luigi.cfg in {tmp_path}" in result.stderr
 
 
+def test_a_luigi_configuration_file_that_does_not_parse_is_an_input_mistake(tmp_path):
+    # Luigi reads it when imported: its traceback and exit 1 would hide which file and line
+    broken = tmp_path / "broken.cfg"
+    broken.write_text("[etl]\nhistory_start = 2024-01-01\n[etl]\nhistory_start = 2024-01-02\n")
+    result = run_cli("run-etl", "2024-01-05", env={"LUIGI_CONFIG_PATH": str(broken)})
+    assert result.returncode == 2
+    assert f"While reading from '{broken}' [line  3]: section 'etl' already exists" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_an_unreachable_database_is_a_scheduling_error_not_an_input_mistake():
     # A scheduler retries exit 35 (the server may come back); 2 means "fix the command".
     url = "postgresql://etl@127.0.0.1:9/warehouse"
