@@ -69,7 +69,9 @@ def _waiting(task):
 
 
 def summary(days, started_at) -> dict:
-    """What the run loaded and built for its dates, from the records in PostgreSQL."""
+    """What the run loaded and built for its dates, from the records in PostgreSQL: the partitions
+    up to its last date loaded since it started (a run that loads dates up to D reads no later
+    ones; one running beside it may have loaded some of the same, which both then count)."""
     with db.transaction() as conn, conn.cursor() as cur:
         cur.execute("select to_regclass('staging.event_partition') is not null, to_regclass('etl.build') is not null")
         has_ledger, has_builds = cur.fetchone()
@@ -78,9 +80,9 @@ def summary(days, started_at) -> dict:
             cur.execute(
                 f"""
                 select partition_date, row_count, reject_count from {staging.EVENTS.ledger_table}
-                where loaded_at >= %s order by partition_date
+                where loaded_at >= %s and partition_date <= %s order by partition_date
                 """,
-                (started_at,),
+                (started_at, max(days)),
             )
             loaded = cur.fetchall()
             # A line whose day cannot be read is a reject of every partition: count each line once.

@@ -14,7 +14,7 @@ import luigi
 import psycopg2
 import pytest
 
-from tasks import db, extract, load, overwrite, staging
+from tasks import console, db, extract, load, overwrite, staging
 from tasks.load import LoadEvents, LoadFailed, LoadHistory, load_partitions
 
 from conftest import EVENT_WITH_KEY, ROOT, query, run_cli, write_lines
@@ -310,6 +310,17 @@ def test_over_the_reject_ratio_the_partition_fails_but_rejects_stay(database_url
     settings("etl", max_reject_ratio=0.2)  # the setting the message names lets the same data in
     load_partitions(EVENTS, [D1], route_by_day=False)
     assert partition_counts("staging.event") == {D1: 8, D2: 1}
+
+
+def test_a_run_summary_counts_no_partition_after_its_last_date(database_url, daily_source):
+    # e.g. `run-etl` of D beside a backfill that loads later dates: those are not D's run's rows
+    for day in (D1, D2, D3):
+        write_lines(daily_source / f"events/date={day}/part-0.json", [event(day.day, f"{day}T10:00:00Z")])
+    download([D1, D2, D3])
+    [(started,)] = query("select clock_timestamp()")
+    load_partitions(EVENTS, [D1, D2, D3], route_by_day=False)
+    summary = console.summary([D2], started)
+    assert (summary["loaded"], summary["rows"]) == (2, 2)
 
 
 def test_missing_one_file_source_fails_with_a_clear_message(database_url, tmp_path, monkeypatch):
