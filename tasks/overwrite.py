@@ -8,8 +8,6 @@ are gone: a run that is killed before it rebuilt them leaves them there for the 
 deleted here: the same run reloads D in one transaction and rebuilds those reports.
 """
 
-import psycopg2
-
 from tasks import completion, db, export, staging
 
 
@@ -60,14 +58,10 @@ def invalidate(date) -> tuple:
 
 
 def outdated_reports() -> list:
-    """The report dates a reload outdated and no export has written again since, in order; none
-    when the database cannot say (a run that failed for that has said so)."""
-    try:
-        with db.transaction() as conn, conn.cursor() as cur:
-            cur.execute("select to_regclass('etl.outdated_report') is not null")
-            if not cur.fetchone()[0]:
-                return []
-            cur.execute("select run_date from etl.outdated_report order by 1")
-            return [row[0] for row in cur.fetchall()]
-    except psycopg2.Error:
-        return []
+    """The report dates a reload outdated and no export has written again since, in order."""
+    with db.transaction() as conn, conn.cursor() as cur:
+        cur.execute("select to_regclass('etl.outdated_report') is not null")
+        if not cur.fetchone()[0]:
+            return []
+        cur.execute("select run_date from etl.outdated_report order by 1")
+        return [row[0] for row in cur.fetchall()]
