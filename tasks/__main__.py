@@ -375,7 +375,7 @@ def run_tasks(args, first, last, scheduler_args, started_at, ended: dict) -> int
             f" rebuilt yet: once any cause is fixed, `make run-etl DATE={outdated[0]} FORCE=1` rebuilds them"
         )
     if reports and args.command == "run-etl":
-        print(reports[0][0].read_text(), end="")
+        console.print_report(reports[0][0])
     ended["status"] = "success" if code == 0 else outcome.split(" ")[0]
     return code
 

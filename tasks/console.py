@@ -154,3 +154,15 @@ def dbt_warnings(warnings: list) -> None:
 
 def report_rows(path) -> int:
     return max(0, len(path.read_text().splitlines()) - 1)
+
+
+# A report of decades (one event dated 1970) is tens of thousands of rows: the file holds them all.
+MAX_PRINTED_ROWS = 1000
+
+
+def print_report(path) -> None:
+    """The report's CSV on standard output: its header and first MAX_PRINTED_ROWS rows."""
+    lines = path.read_text().splitlines(keepends=True)
+    print("".join(lines[: MAX_PRINTED_ROWS + 1]), end="")
+    if len(lines) > MAX_PRINTED_ROWS + 1:
+        print(f"… {len(lines) - MAX_PRINTED_ROWS - 1} more rows in {path}")

@@ -15,7 +15,7 @@ import luigi
 import psycopg2
 import pytest
 
-from tasks import config, db, export, overwrite, transform
+from tasks import config, console, db, export, overwrite, transform
 from tasks.load import LoadHistory
 from tasks.partitions import dates
 from tasks.transform import BuildWarehouse
@@ -390,3 +390,17 @@ def test_every_task_survives_the_schedulers_string_form():
         pending += luigi.task.flatten(task.requires())
         seen += 1
     assert seen > 10
+
+
+def test_a_report_of_decades_is_printed_in_part_and_named_whole(tmp_path, capsys):
+    # one event dated 1970 makes a report of some 20,000 rows: the terminal gets its start
+    path = tmp_path / "cohort_summary_2024-01-31.csv"
+    rows = [f"1970-01,{k},1,1,1.0000\n" for k in range(console.MAX_PRINTED_ROWS + 5)]
+    path.write_text("cohort_month,months_since_signup,cohort_size,active_users,retention_rate\n" + "".join(rows))
+    console.print_report(path)
+    printed = capsys.readouterr().out.splitlines(keepends=True)
+    assert printed[1 : console.MAX_PRINTED_ROWS + 1] == rows[: console.MAX_PRINTED_ROWS]
+    assert printed[-1] == f"… 5 more rows in {path}\n"
+    path.write_text(REPORT_2024_03_05)
+    console.print_report(path)
+    assert capsys.readouterr().out == REPORT_2024_03_05
