@@ -36,11 +36,16 @@ class SilentEndpoint:
 
 
 class FreezingProxy:
-    """Forwards TCP connections to `target` (a unix socket path or (host, port)) until freeze():
-    from then on every connection stays open and nothing more passes, like a server that stopped."""
+    """Forwards TCP connections to `target` (a unix socket path or (host, port)) until it freezes:
+    from then on every connection stays open and nothing more passes, like a server that stopped.
+    It freezes once more than `after_bytes` went to the server (a point inside a large COPY, however
+    slow the machine), or when freeze() is called."""
 
-    def __init__(self, target):
+    def __init__(self, target, after_bytes: int = None):
         self._target = target
+        self._after_bytes = after_bytes
+        self._sent = 0  # bytes passed on to the server, over every connection
+        self._counting = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self.frozen = threading.Event()
@@ -62,12 +67,17 @@ class FreezingProxy:
                 return
             upstream = self._connect_target()
             self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+            for source, sink, to_server in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pump, args=(source, sink, to_server), daemon=True).start()
 
-    def _pump(self, source, sink):
+    def _pump(self, source, sink, to_server):
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                if to_server and self._after_bytes is not None:
+                    with self._counting:
+                        self._sent += len(data)
+                        if self._sent > self._after_bytes:
+                            self.frozen.set()
                 if self.frozen.is_set():
                     return  # stop reading, keep both ends open: the peers wait forever
                 sink.sendall(data)
