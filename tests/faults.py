@@ -36,12 +36,11 @@ class SilentEndpoint:
 
 
 class FreezingProxy:
-    """Forwards TCP connections to `target` (a unix socket path or (host, port)) until it freezes:
-    from then on every connection stays open and nothing more passes, like a server that stopped.
-    It freezes once more than `after_bytes` went to the server (a point inside a large COPY, however
-    slow the machine), or when freeze() is called."""
+    """Forwards TCP connections to `target` (a unix socket path or (host, port)) until more than
+    `after_bytes` went to the server (a point inside a large COPY, however slow the machine): from
+    then on every connection stays open and nothing more passes, like a server that stopped."""
 
-    def __init__(self, target, after_bytes: int = None):
+    def __init__(self, target, after_bytes: int):
         self._target = target
         self._after_bytes = after_bytes
         self._sent = 0  # bytes passed on to the server, over every connection
@@ -73,7 +72,7 @@ class FreezingProxy:
     def _pump(self, source, sink, to_server):
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
-                if to_server and self._after_bytes is not None:
+                if to_server:
                     with self._counting:
                         self._sent += len(data)
                         if self._sent > self._after_bytes:
@@ -81,9 +80,6 @@ class FreezingProxy:
                 if self.frozen.is_set():
                     return  # stop reading, keep both ends open: the peers wait forever
                 sink.sendall(data)
-
-    def freeze(self):
-        self.frozen.set()
 
     def stop(self):
         self._listener.close()

@@ -443,7 +443,7 @@ def test_an_s3_endpoint_that_never_answers_fails_in_bounded_time(database_url, s
 def test_a_postgresql_that_stops_answering_fails_the_run_in_bounded_time(database_url, source, settings):
     write_lines(source / "events_sample.json", [event(n) for n in range(200_000)])
     params = psycopg2.extensions.parse_dsn(database_url)
-    # Frozen inside the COPY of the day's rows (some 30 MB; everything before it is a few kB), not
+    # Frozen inside the COPY of the day's rows (tens of MB; the statements before it are far less), not
     # when a poll saw it start: on a busy machine the COPY could end before the poll came round.
     proxy = FreezingProxy(os.path.join(params["host"], f".s.PGSQL.{params.get('port', '5432')}"), after_bytes=2**20)
     settings("etl", database_timeout_seconds=3)
