@@ -4,7 +4,9 @@ Reads luigi.cfg (and the file named by LUIGI_CONFIG_PATH, which Luigi layers on 
 environment; writes nothing. Every other module asks this one, so a setting lives in one place.
 """
 
+import configparser
 import datetime
+import math
 import os
 import re
 from pathlib import Path
@@ -53,7 +55,8 @@ def _env(name):
 
 
 def data_dir() -> Path:
-    return Path(_env("ETL_DATA_DIR") or etl().data_dir).resolve()
+    # an empty setting is the default, as an empty variable is: never the working directory
+    return Path(_env("ETL_DATA_DIR") or etl().data_dir or "data").resolve()
 
 
 def database_url_setting() -> str:
@@ -111,14 +114,50 @@ def parse_date(value: str, what: str = "DATE") -> datetime.date:
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value or ""):
         raise ValueError(f"{what} must be a date as YYYY-MM-DD, got {value!r}")
     try:
-        return datetime.date.fromisoformat(value)
+        day = datetime.date.fromisoformat(value)
     except ValueError:
         raise ValueError(f"{what} is not a calendar date: {value!r}") from None
+    # Luigi writes a year before 1000 in fewer than four digits, and cannot read it back; a report
+    # of D counts up to D + 1 day
+    if not datetime.date(1000, 1, 1) <= day < datetime.date.max:
+        raise ValueError(f"{what} must be from 1000-01-01 to 9999-12-30, got {value!r}")
+    return day
 
 
 def is_daily(key: str) -> bool:
     """A key with `{date}` names one object or prefix per day (contract section 2)."""
     return "{date}" in key
+
+
+def key_of(key: str, day: datetime.date) -> str:
+    """The key of `day`'s objects: `{date}` replaced, every other character as written (braces
+    are legal in file names and S3 keys, so this is not str.format)."""
+    return key.replace("{date}", day.isoformat())
+
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def problem() -> str:
+    """Why the settings cannot be used, or ''. Luigi reads a section's values when its class is
+    first made, which would be inside whichever task asked first, and its message would not say
+    how to fix the value; read here, before anything runs, a bad one is one line naming it."""
+    for section in (etl, source):
+        try:
+            section()
+        except ValueError as err:  # Luigi's, with the parser's error as its cause
+            name = re.search(r"value of '(\w+)'", str(err))
+            cause = err.__cause__ or err
+            hint = " (write a literal % as %%)" if isinstance(cause, configparser.InterpolationError) else ""
+            return f"[{section.__name__}] {name.group(1) if name else ''} cannot be read: {cause}{hint}"
+    ratio = max_reject_ratio()
+    if math.isnan(ratio) or not 0 <= ratio <= 1:
+        return f"[etl] max_reject_ratio is {ratio}: give the share of bad lines a load tolerates, 0 to 1 (0.01 = 1%)"
+    folder = data_dir()
+    if PROJECT.is_relative_to(folder):
+        # dbt's artifacts go to <data_dir>/dbt, and `clean` removes it: here, the dbt project itself
+        return f"the data dir {folder} holds the project's own folders: give one of its own (the default is data)"
+    return ""
 
 
 def dates_between(start: datetime.date, end: datetime.date) -> list:

@@ -7,8 +7,10 @@ it from S3, so no task reads another worker's disk. Writes the download record o
 (`etl.download`: which objects, where landed) as the task's completion record.
 """
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 from dataclasses import asdict, dataclass
@@ -212,7 +214,12 @@ def landing_folder(dataset: str) -> Path:
 
 
 def _temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    """.<name>.<host>.<pid>.tmp beside the copy; a name too long to take that in 255 bytes (the
+    limit of a file name) by its digest instead."""
+    name, tail = path.name, f".{socket.gethostname()}.{os.getpid()}.tmp"
+    if len(f".{name}{tail}".encode()) > 255:
+        name = hashlib.sha256(name.encode()).hexdigest()
+    return path.with_name(f".{name}{tail}")
 
 
 def remove_stale_temporaries(folder: Path) -> list:
@@ -220,8 +227,8 @@ def remove_stale_temporaries(folder: Path) -> list:
     removed = []
     host = socket.gethostname()
     for path in folder.rglob(".*.tmp") if folder.is_dir() else []:
-        parts = path.name.rsplit(".", 3)  # .<name>.<host>.<pid>.tmp
-        if len(parts) == 4 and parts[1] == host and parts[2].isdigit() and not processes.alive(int(parts[2])):
+        named = re.fullmatch(r"\.(.+)\.(\d+)\.tmp", path.name, re.DOTALL)  # a host name may hold dots
+        if named and named.group(1).endswith(f".{host}") and not processes.alive(int(named.group(2))):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
@@ -286,7 +293,7 @@ class EventsArrived(luigi.ExternalTask):
     date = luigi.DateParameter(description="partition date")
 
     def output(self):
-        return SourceTarget(config.events_key().format(date=self.date.isoformat()))
+        return SourceTarget(config.key_of(config.events_key(), self.date))
 
 
 class DownloadDataset(luigi.Task):
@@ -358,7 +365,7 @@ class DownloadEvents(DownloadDataset):
     dataset = "events"
 
     def source_key(self, day) -> str:
-        return config.events_key().format(date=day.isoformat())
+        return config.key_of(config.events_key(), day)
 
     def requires(self):
         if config.is_daily(config.events_key()):
@@ -372,4 +379,4 @@ class DownloadOrganizations(DownloadDataset):
     dataset = "organizations"
 
     def source_key(self, day) -> str:
-        return config.orgs_key().format(date=day.isoformat())
+        return config.key_of(config.orgs_key(), day)

@@ -51,8 +51,12 @@ def start(command: str, first_date, last_date, scheduler: str, log_path) -> tupl
 
 
 def finish(run_id: int, status: str, exit_code: int, summary: dict) -> None:
-    """Record how the run ended, with what it loaded and what dbt said."""
+    """Record how the run ended, with what it loaded and what dbt said; nothing when `make clean`
+    dropped the record while the run ran (the run has already said how it ended)."""
     with db.transaction() as conn, conn.cursor() as cur:
+        cur.execute("select to_regclass('etl.run') is not null")
+        if not cur.fetchone()[0]:
+            return
         cur.execute(
             """
             update etl.run set ended_at = now(), status = %s, exit_code = %s, rows_loaded = %s, rejects = %s,

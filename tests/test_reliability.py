@@ -17,7 +17,7 @@ import luigi
 import psycopg2
 import pytest
 
-from tasks import db, extract, records, runs, schemas, staging, transform
+from tasks import config, db, extract, records, runs, schemas, staging, transform
 from tasks.load import LoadHistory
 
 from conftest import ROOT, query, run_cli, start_cli, with_dbname, write_lines
@@ -327,6 +327,15 @@ def test_make_runs_shows_a_run_whose_process_is_gone_as_killed(database_url):
     assert runs.table(runs.recent()).splitlines()[2].split()[3:5] == ["?", "killed"]
 
 
+def test_a_run_whose_record_make_clean_dropped_still_ends(database_url):
+    # `make clean` while a run ran: its end had no table to go to, and a traceback hid how it ended
+    run_id, _ = runs.start("run-etl 2024-01-01", D1, D1, "local scheduler", "run.log")
+    with db.transaction() as conn, conn.cursor() as cur:
+        cur.execute("drop schema etl cascade")
+    runs.finish(run_id, "failed", 30, {"rows": 0})
+    assert runs.recent() == []
+
+
 @pytest.mark.slow
 def test_a_run_killed_during_dbt_leaves_nothing_running(database_url, source):
     write_lines(source / "events_sample.json", [event(n) for n in range(200)])
@@ -523,6 +532,11 @@ def test_a_body_cut_short_by_s3_names_the_object(database_url, s3_bucket, s3_ser
         (["run-etl", "2099-12-31"], {}, "is in the future"),
         (["backfill", "2024-03-02", "2024-03-01"], {}, "did you mean FROM=2024-03-01 TO=2024-03-02"),
         (["run-etl", "2024-04-30", "--force", "Y"], {}, "FORCE must be 1"),
+        # Luigi writes year 999 as '999-01-01', and cannot read that back
+        (["run-etl", "2024-04-30"], {"ETL_HISTORY_START": "0999-01-01"}, "must be from 1000-01-01 to 9999-12-30"),
+        # dbt's artifacts would go into the project's dbt/, and `make clean` would remove it
+        (["db-url"], {"ETL_DATA_DIR": str(ROOT)}, f"the data dir {ROOT} holds the project's own folders"),
+        (["db-url"], {"ETL_DATA_DIR": str(ROOT.parent)}, "holds the project's own folders"),
     ],
 )
 def test_input_mistakes_get_one_line(arguments, env, message):
@@ -556,6 +570,40 @@ def test_a_luigi_configuration_file_that_does_not_parse_is_an_input_mistake(tmp_
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "section, option, value, message",
+    [
+        ("etl", "max_reject_ratio", "-1", "[etl] max_reject_ratio is -1.0: give the share of bad lines"),
+        ("etl", "max_reject_ratio", "nan", "[etl] max_reject_ratio is nan"),  # no comparison would fail
+        ("etl", "max_reject_ratio", "1%", "[etl] max_reject_ratio cannot be read"),
+        (
+            "source",
+            "events_key",
+            "events%20sample.json",
+            "[source] events_key cannot be read: '%' must be followed by '%' or '(', found: '%20sample.json'"
+            " (write a literal % as %%)",
+        ),
+        ("etl", "database_url", "postgresql://etl:p%40ss@db/warehouse", "[etl] database_url cannot be read"),
+    ],
+)
+def test_a_setting_that_cannot_be_used_is_named_before_anything_runs(tmp_path, section, option, value, message):
+    # Luigi reads a setting when a task first asks for it: a bad one failed a task with no message
+    # (exit 35) or named Luigi's parameter parsing, not the value
+    cfg = tmp_path / "override.cfg"
+    cfg.write_text(f"[{section}]\n{option} = {value}\n")
+    result = run_cli("run-etl", "2024-04-30", env={"LUIGI_CONFIG_PATH": str(cfg)})
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {message}") and result.stderr.count("\n") == 1
+    assert "p%40ss" not in result.stderr
+
+
+def test_an_empty_data_dir_setting_is_the_default(settings, monkeypatch):
+    monkeypatch.delenv("ETL_DATA_DIR")
+    monkeypatch.chdir(ROOT)
+    settings("etl", data_dir="")
+    assert config.data_dir() == (ROOT / "data").resolve()
+
+
 def test_an_unreachable_database_is_a_scheduling_error_not_an_input_mistake():
     # A scheduler retries exit 35 (the server may come back); 2 means "fix the command".
     url = "postgresql://etl@127.0.0.1:9/warehouse"
@@ -577,6 +625,22 @@ def test_a_file_name_that_is_not_utf8_is_named_and_fails_the_download(database_u
     assert "not UTF-8" in result.stdout + result.stderr and "part-\\xff.json" in result.stdout + result.stderr
 
 
+def test_a_one_file_key_with_braces_is_a_name_not_a_template(database_url, source, settings):
+    # braces are legal in file names and S3 keys; only {date} makes a key daily
+    settings("source", events_key="events{1}.json")
+    write_lines(source / "events{1}.json", [event(1)])
+    assert run(LoadHistory(date=D1)).status == luigi.LuigiStatusCode.SUCCESS
+    assert query("select count(*) from staging.event") == [(1,)]
+
+
+def test_a_file_name_near_the_length_limit_lands(database_url, source, settings):
+    name = "e" * 245 + ".json"  # 250 bytes: with .<host>.<pid>.tmp around it, over the 255 a name may have
+    settings("source", events_key=name)
+    write_lines(source / name, [event(1)])
+    assert run(LoadHistory(date=D1)).status == luigi.LuigiStatusCode.SUCCESS
+    assert (extract.landing_folder("events") / name).is_file()
+
+
 # --- 11. A download killed mid-way leaves nothing that stays ----------------------------------------
 
 
@@ -591,3 +655,15 @@ def test_the_next_download_removes_temporaries_of_a_killed_one(database_url, sou
     assert run(LoadHistory(date=D1)).status == luigi.LuigiStatusCode.SUCCESS
     assert not stale.exists()
     assert sorted(path.name for path in folder.iterdir()) == ["events_sample.json"]
+
+
+def test_temporaries_of_long_names_on_a_dotted_host_are_found_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(extract.socket, "gethostname", lambda: "worker-1.example.com")
+    temporary = extract._temporary_name(tmp_path / ("e" * 245 + ".json"))
+    assert len(temporary.name.encode()) <= 255
+    stale = temporary.with_name(temporary.name.replace(f".{os.getpid()}.tmp", ".999999999.tmp"))
+    stale.write_bytes(b"half a file")
+    running = temporary.with_name(".events.json.worker-1.example.com.1.tmp")  # pid 1 is alive
+    running.write_bytes(b"being written")
+    assert extract.remove_stale_temporaries(tmp_path) == [stale]
+    assert running.exists()
