@@ -312,16 +312,34 @@ def _record_problem(raw: bytes, record: dict, required, received_at) -> str | No
     return None
 
 
+class _Counted:
+    """A stream that counts the bytes read from it."""
+
+    def __init__(self, stream):
+        self.stream, self.bytes = stream, 0
+
+    def read(self, size=-1) -> bytes:
+        data = self.stream.read(size)
+        self.bytes += len(data)
+        return data
+
+
 def _chunks(stream, name: str) -> Iterator[bytes]:
     """The object's bytes in chunks, gzip undone when the name ends in `.gz`."""
-    if name.endswith(".gz"):
-        stream = gzip.GzipFile(fileobj=stream, mode="rb")
+    gzipped = name.endswith(".gz")
+    if gzipped:
+        stream = gzip.GzipFile(fileobj=(compressed := _Counted(stream)), mode="rb")
     try:
         while chunk := stream.read(CHUNK):
             yield chunk
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
         # gzip raises EOFError on a truncated member and BadGzipFile on bytes that are not gzip.
         raise SourceError(f"{name}: cannot read the gzip object ({err}); is it truncated, or not gzip?") from None
+    if gzipped and not compressed.bytes:
+        # gzip reads no bytes as no members, but even an empty file compresses to 20: this one was
+        # cut before its header (a writer that died), and loading it as a day without events would
+        # lose the day silently
+        raise SourceError(f"{name}: cannot read the gzip object (0 bytes); is it truncated, or not gzip?")
 
 
 def read_lines(stream, name: str, required) -> Iterator[Line]:

@@ -482,6 +482,7 @@ def test_a_postgresql_that_stops_answering_fails_the_run_in_bounded_time(databas
     [
         ("events_sample.json.gz", gzip.compress(b'{"id":"e1"}\n' * 1000)[:-30], "truncated"),
         ("events_sample.json.gz", b'{"id":"e1"}\n', "not gzip"),
+        ("events_sample.json.gz", b"", "(0 bytes); is it truncated"),  # not even a header: not a day without events
         ("events_sample.json", b'[{"id":"e1"},]', "does not parse as a whole"),
     ],
 )
