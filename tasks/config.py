@@ -147,12 +147,25 @@ def problem() -> str:
             section()
         except ValueError as err:  # Luigi's, with the parser's error as its cause
             name = re.search(r"value of '(\w+)'", str(err))
+            option = name.group(1) if name else ""
             cause = err.__cause__ or err
-            hint = " (write a literal % as %%)" if isinstance(cause, configparser.InterpolationError) else ""
-            return f"[{section.__name__}] {name.group(1) if name else ''} cannot be read: {cause}{hint}"
+            # the parser's text quotes the value, and the database's may hold a password
+            said = type(cause).__name__ if option == "database_url" else str(cause)
+            percent = (configparser.InterpolationSyntaxError, configparser.InterpolationMissingOptionError)
+            hint = " (write a literal % as %%)" if isinstance(cause, percent) else ""
+            return f"[{section.__name__}] {option} cannot be read: {said}{hint}"
+    try:
+        history_start()
+    except ValueError as err:
+        return str(err)
     ratio = max_reject_ratio()
     if math.isnan(ratio) or not 0 <= ratio <= 1:
         return f"[etl] max_reject_ratio is {ratio}: give the share of bad lines a load tolerates, 0 to 1 (0.01 = 1%)"
+    timeouts = {"[etl] database_timeout_seconds": database_timeout(), "[source] timeout_seconds": source_timeout()}
+    for name, seconds in timeouts.items():
+        if seconds < 1:
+            # libpq reads a connect_timeout of 0 as "wait for ever"
+            return f"{name} is {seconds}: give a number of seconds of at least 1"
     folder = data_dir()
     if PROJECT.is_relative_to(folder):
         # dbt's artifacts go to <data_dir>/dbt, and `clean` removes it: here, the dbt project itself

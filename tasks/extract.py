@@ -227,8 +227,9 @@ def remove_stale_temporaries(folder: Path) -> list:
     removed = []
     host = socket.gethostname()
     for path in folder.rglob(".*.tmp") if folder.is_dir() else []:
-        named = re.fullmatch(r"\.(.+)\.(\d+)\.tmp", path.name, re.DOTALL)  # a host name may hold dots
-        if named and named.group(1).endswith(f".{host}") and not processes.alive(int(named.group(2))):
+        # .<name>.<host>.<pid>.tmp, where a host name may hold dots
+        named = re.fullmatch(rf"\..+\.{re.escape(host)}\.(\d+)\.tmp", path.name, re.DOTALL)
+        if named and not processes.alive(int(named.group(1))):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

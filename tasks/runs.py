@@ -61,7 +61,7 @@ def finish(run_id: int, status: str, exit_code: int, summary: dict) -> None:
             """
             update etl.run set ended_at = now(), status = %s, exit_code = %s, rows_loaded = %s, rejects = %s,
                 dbt_results = %s
-            where run_id = %s
+            where run_id = %s and host = %s and pid = %s
             """,
             (
                 status,
@@ -70,6 +70,9 @@ def finish(run_id: int, status: str, exit_code: int, summary: dict) -> None:
                 summary.get("rejects"),
                 json.dumps(summary.get("dbt")) if summary.get("dbt") else None,
                 run_id,
+                # ids start again after `make clean`: never another run's row
+                socket.gethostname(),
+                os.getpid(),
             ),
         )
 

@@ -6,14 +6,12 @@ with them: an object of another schema that depends on one of them (a view readi
 `reporting.cohort_summary`), or an object of the user's inside them (a table in `staging`).
 """
 
-from pathlib import Path
-
 from psycopg2 import sql
 
-from tasks import db, server, staging
+from tasks import config, db, server, staging
 
 PIPELINE_SCHEMAS = ("staging", "historical", "snapshots", "dimensional", "reporting", "etl")
-DBT_PROJECT = Path(__file__).resolve().parent.parent / "dbt"
+DBT_PROJECT = config.PROJECT / "dbt"
 # luigid's task history (tasks/luigid.py keeps it in schema etl) and the pipeline's own records.
 ETL_TABLES = (
     "download",

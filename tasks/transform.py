@@ -28,7 +28,7 @@ from tasks import completion, config, console, db, dbt_series, processes, stagin
 from tasks.load import LoadHistory
 from tasks.partitions import LoadedThrough, PartitionDate, dates, previous_day
 
-DBT_PROJECT = Path(__file__).resolve().parent.parent / "dbt"
+DBT_PROJECT = config.PROJECT / "dbt"
 DBT = str(Path(sys.executable).with_name("dbt"))
 DBT_SERIES = Path(__file__).resolve().with_name("dbt_series.py")
 # dbt/profiles.yml names dbt's sessions so; the build lock ends those a killed build left behind.
