@@ -279,7 +279,7 @@ def main(argv=None) -> int:
             print(f"error: {problem}", file=sys.stderr)
             return 2
         return run_command(args)
-    except (ValueError, schemas.ForeignObjects) as err:
+    except (ValueError, schemas.ForeignObjects, luigid.NotStarted) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except db.DatabaseUnavailable as err:

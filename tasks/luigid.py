@@ -117,6 +117,10 @@ def write_config(work: Path) -> Path:
     return path
 
 
+class NotStarted(Exception):
+    """luigid exited, or did not answer in time, after it was started."""
+
+
 def start() -> str:
     host, port = address()
     pid = running_pid()
@@ -140,7 +144,9 @@ def start() -> str:
     deadline = time.monotonic() + STARTUP_SECONDS
     while not answers(host, port):
         if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"luigid did not start; see {work / 'luigid.log'}")
+            # its last line is the cause, e.g. "OSError: [Errno 99] Cannot assign requested address"
+            lines = (work / "luigid.log").read_text(errors="replace").strip().splitlines() or ["(no output)"]
+            raise NotStarted(f"luigid did not start: {lines[-1]} (log {work / 'luigid.log'})")
         time.sleep(0.1)  # polling for the port to open, bounded by the deadline above
     return f"luigid runs (pid {process.pid}): http://{host}:{port}  (log {work / 'luigid.log'})"
 

@@ -47,7 +47,9 @@ READ_ONLY_COMMANDS = ("clean", "compile", "debug", "deps", "docs", "init", "list
 # dbt's flags (and the variables dbt reads them from) that build from no rows or a sample of them.
 # Here that is no dry run: `dbt build --empty` on a built warehouse rebuilt dim_organization empty
 # and cleared the history's record of the partitions it holds.
-PARTIAL_INPUT_FLAGS = {"--empty": "DBT_EMPTY", "--sample": "DBT_SAMPLE"}
+PARTIAL_INPUT_FLAGS = ("--empty", "--sample")
+# dbt 1.11 reads its DBT_ENGINE_ names first, and still the older ones
+PARTIAL_INPUT_VARIABLES = ("DBT_ENGINE_EMPTY", "DBT_EMPTY", "DBT_ENGINE_SAMPLE", "DBT_SAMPLE")
 
 
 class DbtFailed(Exception):
@@ -81,7 +83,7 @@ def dbt_environment(conn) -> dict:
     connects exactly as the pipeline does (password from any route, TLS settings included), and
     dbt's variables naming the project and where its artifacts and log go."""
     env = {
-        **{name: value for name, value in os.environ.items() if name not in PARTIAL_INPUT_FLAGS.values()},
+        **{name: value for name, value in os.environ.items() if name not in PARTIAL_INPUT_VARIABLES},
         **db.child_environment(conn),
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
         # dbt's own variables for its flags: any command finds the project, and a flag given by hand wins
@@ -431,7 +433,7 @@ def changes_warehouse(arguments: list) -> bool:
 def partial_input(arguments: list) -> list:
     """dbt's flags among ARGUMENTS, and dbt's variables set here, that build from partial input."""
     given = [argument for argument in arguments if argument.split("=")[0] in PARTIAL_INPUT_FLAGS]
-    return given + [f"{name}={os.environ[name]}" for name in PARTIAL_INPUT_FLAGS.values() if os.environ.get(name)]
+    return given + [f"{name}={os.environ[name]}" for name in PARTIAL_INPUT_VARIABLES if os.environ.get(name)]
 
 
 def run_by_hand(arguments: list) -> int:

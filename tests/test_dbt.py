@@ -122,6 +122,7 @@ def test_dbt_by_hand_reaches_the_pipeline_database_under_its_own_name(database_u
         (["build", "--empty"], {}, "--empty"),
         (["run", "--select", "dim_user", "--sample=3 days"], {}, "--sample=3 days"),
         (["snapshot"], {"DBT_EMPTY": "1"}, "DBT_EMPTY=1"),
+        (["run", "--select", "dim_organization"], {"DBT_ENGINE_EMPTY": "1"}, "DBT_ENGINE_EMPTY=1"),  # dbt 1.11's name
         (["--debug", "build", "--empty"], {}, "--empty"),  # dbt's options may come before its command
     ],
 )
@@ -160,14 +161,14 @@ def test_dbt_commands_in_one_process_stop_at_the_first_that_fails(database_url, 
 
 
 def test_builds_ignore_dbt_variables_for_partial_input(database_url, monkeypatch):
-    monkeypatch.setenv("DBT_EMPTY", "1")
-    monkeypatch.setenv("DBT_SAMPLE", "3 days")
+    for name in transform.PARTIAL_INPUT_VARIABLES:
+        monkeypatch.setenv(name, "1")
     conn = db.connect()
     try:
         env = transform.dbt_environment(conn)
     finally:
         conn.close()
-    assert "DBT_EMPTY" not in env and "DBT_SAMPLE" not in env
+    assert {"DBT_EMPTY", "DBT_SAMPLE", "DBT_ENGINE_EMPTY", "DBT_ENGINE_SAMPLE"}.isdisjoint(env)
 
 
 @pytest.mark.slow

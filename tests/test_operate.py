@@ -404,3 +404,12 @@ def test_a_report_of_decades_is_printed_in_part_and_named_whole(tmp_path, capsys
     path.write_text(REPORT_2024_03_05)
     console.print_report(path)
     assert capsys.readouterr().out == REPORT_2024_03_05
+
+
+def test_a_luigid_that_cannot_start_says_why_in_one_line(database_url, settings):
+    # an address of another machine: the cause was only in luigid's log, behind our traceback
+    settings("luigid", address="10.255.255.1")
+    result = run_cli("luigid-start")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: luigid did not start: ") and result.stderr.count("\n") == 1
+    assert "Cannot assign requested address" in result.stderr
