@@ -251,9 +251,9 @@ def main(argv=None) -> int:
     if not config.luigi_cfg_found():
         print(f"error: no luigi.cfg in {os.getcwd()}: run from the project's folder, as make does", file=sys.stderr)
         return 2
-    problem = config.problem()
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
+    bad_setting = config.problem()
+    if bad_setting:
+        print(f"error: {bad_setting}", file=sys.stderr)
         return 2
     try:
         if args.command == "db-url":
