@@ -99,8 +99,7 @@ class _CompletionChecks:
                 conn = self._connection()
                 try:
                     with db.guarded(conn), conn.cursor() as cur:
-                        cur.execute("select to_regclass(%s) is not null", (table,))
-                        if not cur.fetchone()[0]:
+                        if not db.exists(cur, table):
                             return []  # nothing was ever recorded here
                         cur.execute(query, args)
                         return cur.fetchall()

@@ -73,8 +73,7 @@ def summary(days, started_at) -> dict:
     up to its last date loaded since it started (a run that loads dates up to D reads no later
     ones; one running beside it may have loaded some of the same, which both then count)."""
     with db.transaction() as conn, conn.cursor() as cur:
-        cur.execute("select to_regclass('staging.event_partition') is not null, to_regclass('etl.build') is not null")
-        has_ledger, has_builds = cur.fetchone()
+        has_ledger, has_builds = db.exists(cur, "staging.event_partition"), db.exists(cur, "etl.build")
         result = {"rows": 0, "rejects": 0, "loaded": 0, "empty": [], "dbt": None}
         if has_ledger:
             cur.execute(

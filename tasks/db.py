@@ -135,6 +135,13 @@ def transaction(dsn: str = None):
         conn.close()
 
 
+def exists(cur, relation: str) -> bool:
+    """Whether the table (or view, index) `schema.name` exists: a command may run before the
+    pipeline made it, or after `make clean` dropped it."""
+    cur.execute("select to_regclass(%s) is not null", (relation,))
+    return cur.fetchone()[0]
+
+
 def _answers(dsn: str, timeout: int) -> bool:
     """Whether the server completes a new connection and a query within `timeout` seconds."""
     try:

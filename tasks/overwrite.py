@@ -60,8 +60,7 @@ def invalidate(date) -> tuple:
 def outdated_reports() -> list:
     """The report dates a reload outdated and no export has written again since, in order."""
     with db.transaction() as conn, conn.cursor() as cur:
-        cur.execute("select to_regclass('etl.outdated_report') is not null")
-        if not cur.fetchone()[0]:
+        if not db.exists(cur, "etl.outdated_report"):
             return []
         cur.execute("select run_date from etl.outdated_report order by 1")
         return [row[0] for row in cur.fetchall()]

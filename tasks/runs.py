@@ -54,8 +54,7 @@ def finish(run_id: int, status: str, exit_code: int, summary: dict) -> None:
     """Record how the run ended, with what it loaded and what dbt said; nothing when `make clean`
     dropped the record while the run ran (the run has already said how it ended)."""
     with db.transaction() as conn, conn.cursor() as cur:
-        cur.execute("select to_regclass('etl.run') is not null")
-        if not cur.fetchone()[0]:
+        if not db.exists(cur, "etl.run"):
             return
         cur.execute(
             """
@@ -82,8 +81,7 @@ def recent(limit: int = 20) -> list:
     gone from this machine (kill -9, the kernel's OOM killer) could not record its end: it is
     "killed", for how long it ran unknown. Runs on other machines are shown as recorded."""
     with db.transaction() as conn, conn.cursor() as cur:
-        cur.execute("select to_regclass('etl.run') is not null")
-        if not cur.fetchone()[0]:
+        if not db.exists(cur, "etl.run"):
             return []
         cur.execute(
             """

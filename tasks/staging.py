@@ -336,8 +336,7 @@ def ensure_tables(conn) -> None:
             # so it would wait for every load of the table still open, and each load runs this.
             # (An index dropped by hand is made again here, waiting for open loads; one of another
             # shape under the same name is kept.)
-            cur.execute("select to_regclass(%s)", (table.date_index,))
-            if cur.fetchone()[0] is None:
+            if not db.exists(cur, table.date_index):
                 cur.execute(table.date_index_ddl())
 
 

@@ -207,9 +207,8 @@ def snapshot_dates(conn, days) -> list:
     from the day before's (a date with an unchanged list would change nothing).
     """
     with conn.cursor() as cur:
-        cur.execute("select to_regclass('snapshots.snap_organization') is not null")
         latest = None
-        if cur.fetchone()[0]:
+        if db.exists(cur, "snapshots.snap_organization"):
             cur.execute(
                 "select max(greatest(dbt_valid_from, coalesce(dbt_valid_to, dbt_valid_from)))::date"
                 " from snapshots.snap_organization"
