@@ -136,6 +136,7 @@ def key_of(key: str, day: datetime.date) -> str:
 
 
 PROJECT = Path(__file__).resolve().parents[1]
+DBT_PROJECT = PROJECT / "dbt"
 
 
 def problem() -> str:

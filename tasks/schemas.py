@@ -11,7 +11,6 @@ from psycopg2 import sql
 from tasks import config, db, server, staging
 
 PIPELINE_SCHEMAS = ("staging", "historical", "snapshots", "dimensional", "reporting", "etl")
-DBT_PROJECT = config.PROJECT / "dbt"
 # luigid's task history (tasks/luigid.py keeps it in schema etl) and the pipeline's own records.
 ETL_TABLES = (
     "download",
@@ -45,7 +44,8 @@ def _pipeline_names() -> set:
     names.add(("reporting", "user_active_interval__count_change"))
     # the history's log of the users a rework touched (dbt/macros/history_changes.sql)
     names.add(("historical", "hist_user_event__reworked_user"))
-    for path in list((DBT_PROJECT / "models").glob("*/*.sql")) + list((DBT_PROJECT / "snapshots").glob("*.sql")):
+    project = config.DBT_PROJECT
+    for path in list((project / "models").glob("*/*.sql")) + list((project / "snapshots").glob("*.sql")):
         schema = "snapshots" if path.parent.name == "snapshots" else path.parent.name
         names.add((schema, path.stem))
     return names

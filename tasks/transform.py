@@ -28,7 +28,6 @@ from tasks import completion, config, console, db, dbt_series, processes, stagin
 from tasks.load import LoadHistory
 from tasks.partitions import LoadedThrough, PartitionDate, dates, previous_day
 
-DBT_PROJECT = config.PROJECT / "dbt"
 DBT = str(Path(sys.executable).with_name("dbt"))
 DBT_SERIES = Path(__file__).resolve().with_name("dbt_series.py")
 # dbt/profiles.yml names dbt's sessions so; the build lock ends those a killed build left behind.
@@ -87,8 +86,8 @@ def dbt_environment(conn) -> dict:
         **db.child_environment(conn),
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
         # dbt's own variables for its flags: any command finds the project, and a flag given by hand wins
-        "DBT_PROJECT_DIR": str(DBT_PROJECT),
-        "DBT_PROFILES_DIR": str(DBT_PROJECT),
+        "DBT_PROJECT_DIR": str(config.DBT_PROJECT),
+        "DBT_PROFILES_DIR": str(config.DBT_PROJECT),
         "DBT_TARGET_PATH": str(target_path()),
         "DBT_LOG_PATH": str(config.data_dir() / "logs"),
     }
@@ -127,7 +126,7 @@ def invoke(conn, steps: list, log_path: Path, on_event=None) -> list:
         open(log_path, "a") as log,
         subprocess.Popen(
             command,
-            cwd=DBT_PROJECT,
+            cwd=config.DBT_PROJECT,
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -461,7 +460,7 @@ def run_by_hand(arguments: list) -> int:
             conn.close()
         env["ETL_DBT_APPLICATION"] = f"{DBT_APPLICATION}-by-hand"  # not a build's: see dbt_lock
         try:
-            return subprocess.call(command, cwd=DBT_PROJECT, env=env)
+            return subprocess.call(command, cwd=config.DBT_PROJECT, env=env)
         except KeyboardInterrupt:  # e.g. `docs serve`, which runs until Ctrl-C: dbt got it too
             return 128 + signal.SIGINT
 
@@ -474,7 +473,7 @@ def run_by_hand(arguments: list) -> int:
             dbt_lock(on_wait=waiting) as conn,
             subprocess.Popen(
                 command,
-                cwd=DBT_PROJECT,
+                cwd=config.DBT_PROJECT,
                 # a build's name: should this process die, the next holder of the lock ends its sessions
                 env={**_by_hand_environment(conn), "ETL_DBT_APPLICATION": DBT_APPLICATION},
                 preexec_fn=lambda: processes.die_with_parent(parent),

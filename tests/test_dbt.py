@@ -14,7 +14,7 @@ import subprocess
 import pytest
 import yaml
 
-from tasks import db, staging, transform
+from tasks import config, db, staging, transform
 
 from conftest import query, run_cli, start_cli, wait_for
 from test_report import REPORT_2024_03_05, WORKED_EXAMPLE, one_file_source, run_etl
@@ -36,7 +36,7 @@ def dbt(*arguments, dbt_vars=None):
     finally:
         conn.close()
     command = transform.dbt_command(list(arguments), dbt_vars)
-    return subprocess.run(command, cwd=transform.DBT_PROJECT, env=env, capture_output=True, text=True)
+    return subprocess.run(command, cwd=config.DBT_PROJECT, env=env, capture_output=True, text=True)
 
 
 def run_results() -> list:
@@ -46,7 +46,7 @@ def run_results() -> list:
 
 def test_every_unit_test_is_listed_here():
     found = set()
-    for path in (transform.DBT_PROJECT / "models").glob("*/_models.yml"):
+    for path in (config.DBT_PROJECT / "models").glob("*/_models.yml"):
         found |= {test["name"] for test in yaml.safe_load(path.read_text()).get("unit_tests", [])}
     assert found == UNIT_TESTS
 

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import luigi
 
-from tasks.transform import DBT, DBT_PROJECT
+from tasks.config import DBT_PROJECT
+from tasks.transform import DBT
 from tasks.workflows import Backfill, RebuildReports, RunEtl
 
 # The walk needs a date; a fixed one keeps the text independent of today and of luigi.cfg.
