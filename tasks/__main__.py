@@ -4,7 +4,7 @@ Reads the command line and the configuration; runs Luigi (on luigid at [core] sc
 when it answers, else on the local scheduler) and exits with Luigi's [retcode] code. Each run is
 recorded in `etl.run` and logs to `<data_dir>/logs/run-<UTC start>-<pid>.log`; the terminal gets a line per
 stage and a summary (tasks.console). Input mistakes get one line on stderr and exit code 2 (a
-database that cannot be reached, 35: Luigi's scheduling_error, which a scheduler may retry). A
+database or a luigid that cannot be reached, 35: Luigi's scheduling_error, which a scheduler may retry). A
 backfill into a warehouse that earlier builds wrote ends with every dbt data test on every row
 (`test-warehouse`).
 """
@@ -20,6 +20,7 @@ import sys
 
 try:
     import luigi.retcodes
+    import luigi.rpc
     import luigi.worker
 except configparser.Error as err:
     # Luigi reads its configuration files when it is imported: one that does not parse (a section
@@ -81,6 +82,24 @@ def _stop_waiting_for_others(task):
     # pending for ever on luigid, and keep-alive would wait for them: run what can run, then exit
     # with [retcode] missing_data. The worker's settings are luigi's one cached `worker` config.
     luigi.worker.worker().keep_alive = False
+    _missing["data"] = True
+
+
+# Whether an input of this run had not arrived: the tasks luigid had not handed out yet when the
+# worker stopped waiting count as "not run" (25), a code Luigi ranks above missing_data (20).
+_missing = {"data": False}
+
+
+class _LuigiGaveUp(logging.Handler):
+    """Holds the exception Luigi logs as uncaught just before it exits with unhandled_exception."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.error = None
+
+    def emit(self, record):
+        if record.exc_info:
+            self.error = record.exc_info[1]
 
 
 def run_luigi(task_args: list, workers: int, scheduler_args: list, root=None) -> int:
@@ -93,17 +112,30 @@ def run_luigi(task_args: list, workers: int, scheduler_args: list, root=None) ->
         # On luigid other workers may run this run's tasks: wait for them instead of leaving. A
         # failed task ends the wait once luigid disables it (tasks/luigid.py SCHEDULER_DEFAULTS).
         core.set("worker", "keep_alive", "true")
+    gave_up = _LuigiGaveUp()
+    logging.getLogger("luigi-interface").addHandler(gave_up)
     try:
         luigi.retcodes.run_with_retcodes(argv)
     except SystemExit as done:
         code = done.code or 0
     else:
         code = 0
+    finally:
+        logging.getLogger("luigi-interface").removeHandler(gave_up)
     retcodes = luigi.retcodes.retcode()
+    if code == retcodes.unhandled_exception and isinstance(gave_up.error, luigi.rpc.RPCError):
+        # Not a bug in Luigi: luigid stopped answering. The scheduler may come back, like a database.
+        console.say(f"error: {luigid.lost(gave_up.error)}")
+        return retcodes.scheduling_error
     if code in (retcodes.not_run, retcodes.already_running) and root is not None and root.complete():
         # On luigid other workers may have run the last tasks, the root among them: what counts is
         # that everything asked for is done.
         return 0
+    if code == retcodes.not_run and _missing["data"]:
+        return retcodes.missing_data
+    if code == retcodes.not_run and not scheduler_args:
+        for line in luigid.disabled():
+            console.say(line)
     return code
 
 
@@ -326,7 +358,12 @@ def run_tasks(args, first, last, scheduler_args, started_at, ended: dict) -> int
         # An assistant takes any runnable task luigid hands out, for as long as it runs.
         luigi.configuration.get_config().set("worker", "keep_alive", "true")
         luigi.configuration.get_config().set("core", "no_configure_logging", "true")
-        luigi.build([], workers=args.workers, assistant=True)
+        try:
+            luigi.build([], workers=args.workers, assistant=True)
+        except luigi.rpc.RPCError as err:
+            console.say(f"error: {luigid.lost(err)}")
+            ended.update(code=luigi.retcodes.retcode().scheduling_error)
+            return ended["code"]
         ended.update(status="success", code=0)
         return 0
     days = config.dates_between(first, last)

@@ -6,6 +6,7 @@ survive a restart of luigid and go away with `make clean`.
 """
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import luigi
+import luigi.rpc
 from sqlalchemy.engine import URL
 
 from tasks import config, db
@@ -101,12 +103,16 @@ SCHEDULER_DEFAULTS = {
 }
 
 
-def write_config(work: Path) -> Path:
-    """luigid's configuration: SCHEDULER_DEFAULTS, then any [scheduler] option of luigi.cfg or of
-    LUIGI_CONFIG_PATH, then the history settings. The database URL reaches luigid through its
-    environment (Luigi expands ${...}), never a file."""
+def scheduler_settings() -> dict:
+    """SCHEDULER_DEFAULTS, then any [scheduler] option of luigi.cfg or of LUIGI_CONFIG_PATH."""
     core = luigi.configuration.get_config()
-    options = {**SCHEDULER_DEFAULTS, **(dict(core.items("scheduler")) if core.has_section("scheduler") else {})}
+    return {**SCHEDULER_DEFAULTS, **(dict(core.items("scheduler")) if core.has_section("scheduler") else {})}
+
+
+def write_config(work: Path) -> Path:
+    """luigid's configuration: scheduler_settings(), then the history settings. The database URL
+    reaches luigid through its environment (Luigi expands ${...}), never a file."""
+    options = scheduler_settings()
     options.update(record_task_history="true", state_path=str(work / "state.pickle"))
     path = work / "luigid.cfg"
     path.write_text(
@@ -115,6 +121,35 @@ def write_config(work: Path) -> Path:
         + "[task_history]\ndb_connection = ${ETL_TASK_HISTORY_URL}\n"
     )
     return path
+
+
+def lost(error: Exception) -> str:
+    """The line for a run or worker that lost luigid: Luigi's RPC gave up after [core]
+    rpc_retry_attempts tries, [core] rpc_retry_wait seconds apart (3 and 30 by default)."""
+    host, port = address()
+    cause = str(getattr(error, "sub_exception", None) or error)
+    # requests words a refused connection as a pool's repr around the one part that matters
+    errno = re.search(r"\[Errno -?\d+\][^'\")]*", cause)
+    return (
+        f"lost luigid at http://{host}:{port}: {errno.group(0) if errno else cause}. What committed stays; "
+        "once luigid answers again (make luigid-start), run the same command again"
+    )
+
+
+def disabled() -> list:
+    """A line for each task luigid has disabled (why a run on it ends with not_run), or []."""
+    host, port = address()
+    try:
+        tasks = luigi.rpc.RemoteScheduler(f"http://{host}:{port}").task_list("DISABLED", "")
+    except luigi.rpc.RPCError:
+        return []  # luigid is gone as well
+    settings = scheduler_settings()
+    return [
+        f"luigid disabled {task['display_name']} after {settings['retry_count']} failures; it takes it again"
+        f" {settings['disable_persist']} s after the last ([scheduler] disable_persist). Fix the cause (the"
+        " FAILED lines of the earlier runs; `make runs` lists their logs), then run again"
+        for task in sorted(tasks.values(), key=lambda task: task["display_name"])
+    ]
 
 
 class NotStarted(Exception):
@@ -130,6 +165,11 @@ def start() -> str:
         return f"something already answers on {host}:{port}; not starting another luigid"
     work = folder()
     work.mkdir(parents=True, exist_ok=True)
+    # luigid saves its tasks when stopped and would take them up again: a task that a worker lost
+    # with it was running stays "running" by that worker, a run that finds the task done cannot
+    # say so, and once the worker counts as gone the task waits for a worker nobody will send. A
+    # new luigid starts empty; runs and workers tell it their tasks again.
+    (work / "state.pickle").unlink(missing_ok=True)
     env = {**os.environ, "LUIGI_CONFIG_PATH": str(write_config(work)), "ETL_TASK_HISTORY_URL": history_url()}
     with open(work / "luigid.log", "ab") as log:
         process = subprocess.Popen(

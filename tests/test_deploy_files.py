@@ -94,7 +94,11 @@ def test_compose_services(services):
     assert "./data/events_sample.json:" in seeds and "./data/orgs_sample.json:" in seeds
 
     luigid = services["luigid"]
-    assert luigid["command"] == ["luigid", "--port", "8082"]
+    assert luigid["command"][-1].endswith("exec luigid --port 8082")
+    # it forgets the tasks of before a restart, at the path its configuration names
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(LUIGID_CFG.read_text())
+    assert f"rm -f {parser['scheduler']['state_path']} " in luigid["command"][-1]
     assert any(str(port).endswith("8082:8082") for port in luigid["ports"])
     # etl and worker wait for service_healthy, which needs a healthcheck to ever pass.
     assert "healthcheck" in luigid

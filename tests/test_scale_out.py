@@ -4,9 +4,11 @@ protocol; one worker is killed mid-run and the others finish the job."""
 
 import datetime
 import gzip
+import http.server
 import json
 import signal
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -14,9 +16,10 @@ import urllib.request
 import pytest
 
 from tasks import config
+from tasks.load import LoadEvents
 
 import cohort_oracle
-from conftest import free_port, query, run_cli, start_cli, write_lines
+from conftest import free_port, query, run_cli, start_cli, wait_for, write_lines
 
 pytestmark = pytest.mark.slow
 
@@ -135,25 +138,136 @@ def test_workers_without_a_shared_disk_finish_a_backfill_when_one_is_killed(
     assert not any((tmp_path / place / "raw").exists() for place in ("driver", "worker-one", "worker-two"))
 
 
+@pytest.mark.parametrize("assistants, load_batch_size", [(0, 7), (2, 1)])
 def test_a_run_on_luigid_ends_with_missing_data_when_a_daily_prefix_has_not_arrived(
-    database_url, settings, tmp_path, monkeypatch
+    database_url, settings, tmp_path, monkeypatch, assistants, load_batch_size
 ):
     # On luigid a run keeps alive while other workers may run its tasks; a prefix nobody will write
-    # in this run must not keep it waiting for ever.
+    # in this run must not keep it waiting for ever. With `make worker`s taking its tasks it ended
+    # "not run" (25) instead: Luigi ranks that code above missing data's.
     source = tmp_path / "source"
-    first, missing = DAYS[0], DAYS[1]
-    write_lines(source / f"events/date={first}/part-0.json", day_events(first, count=5))
+    first, missing, *later = DAYS
+    for day in (first, *later):
+        write_lines(source / f"events/date={day}/part-0.json", day_events(day, count=5))
     write_lines(source / "orgs.json", [{"organization_key": "o1"}])
     monkeypatch.setenv("ETL_SOURCE_URL", str(source))
     monkeypatch.setenv("ETL_HISTORY_START", first.isoformat())
     settings("source", events_key="events/date={date}/", orgs_key="orgs.json")
-    settings("core", scheduler_host="localhost", scheduler_port=free_port())
+    port = free_port()
+    settings("core", scheduler_host="localhost", scheduler_port=port)
+    settings("etl", load_batch_size=load_batch_size)
     assert run_cli("luigid-start").returncode == 0
+    workers = []
     try:
-        result = run_cli("run-etl", str(missing), timeout=300)
+        for n in range(assistants):
+            env = {"ETL_DATA_DIR": str(tmp_path / f"worker-{n}")}
+            workers.append(start_cli("worker", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_for(lambda: all(f"pid={w.pid}" in worker_names(port) for w in workers))
+        result = run_cli("run-etl", str(DAYS[-1]), timeout=300)
     finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
         run_cli("luigid-stop")
     assert result.returncode == 20, result.stdout[-2000:] + result.stderr[-2000:]
     assert f"date={missing}" in result.stdout
-    # What could run did: the day that arrived is loaded.
-    assert query("select partition_date from staging.event_partition") == [(first,)]
+    # What could run did: the days that arrived are loaded.
+    assert query("select partition_date from staging.event_partition order by 1") == [(d,) for d in (first, *later)]
+
+
+def test_a_run_on_luigid_names_the_task_luigid_disabled(database_url, settings, tmp_path, monkeypatch):
+    # luigid disables a task that failed [scheduler] retry_count times; a run then ended with exit
+    # 25 and no word of why.
+    source = tmp_path / "source"
+    day = DAYS[0]
+    (source / f"events/date={day}").mkdir(parents=True)
+    (source / f"events/date={day}/part-0.json.gz").write_bytes(b"")  # a cut object: its load fails
+    write_lines(source / "orgs.json", [{"organization_key": "o1"}])
+    monkeypatch.setenv("ETL_SOURCE_URL", str(source))
+    monkeypatch.setenv("ETL_HISTORY_START", day.isoformat())
+    settings("source", events_key="events/date={date}/", orgs_key="orgs.json")
+    settings("core", scheduler_host="localhost", scheduler_port=free_port())
+    settings("scheduler", retry_count=1)
+    assert run_cli("luigid-start").returncode == 0
+    try:
+        failed = run_cli("run-etl", str(day))
+        refused = run_cli("run-etl", str(day))
+    finally:
+        run_cli("luigid-stop")
+    assert failed.returncode == 30, failed.stdout[-2000:] + failed.stderr[-2000:]
+    assert refused.returncode == 25, refused.stdout[-2000:] + refused.stderr[-2000:]
+    assert f"luigid disabled LoadEvents(date={day}) after 1 failures" in refused.stdout
+
+
+def test_a_run_after_luigid_restarts_finishes_what_a_lost_worker_ran(database_url, settings, tmp_path, monkeypatch):
+    # luigid kept its tasks across a restart (state.pickle). A task a worker was running when
+    # luigid stopped stayed RUNNING by that worker, so the next run's word that the task was done
+    # went unheard; once the lost worker timed out the task went back to pending with no worker
+    # to run it, and the run waited for it for ever.
+    source = tmp_path / "source"
+    first, day = DAYS[0], DAYS[1]
+    files = [
+        (d, "part-0.json", write_lines(source / f"events/date={d}/part-0.json", day_events(d))) for d in (first, day)
+    ]
+    write_lines(source / "orgs.json", [{"organization_key": "o1"}])
+    monkeypatch.setenv("ETL_SOURCE_URL", str(source))
+    monkeypatch.setenv("ETL_HISTORY_START", first.isoformat())
+    settings("source", events_key="events/date={date}/", orgs_key="orgs.json")
+    assert run_cli("load", str(first)).returncode == 0  # on the local scheduler
+    port = free_port()
+    settings("core", scheduler_host="localhost", scheduler_port=port)
+    assert run_cli("luigid-start").returncode == 0
+    try:
+        # A worker lost with luigid while it loaded `first`: it committed, and never said so. luigid
+        # takes it for gone after [scheduler] worker_disconnect_delay (30 s), long after the run began.
+        api(
+            port,
+            "add_task",
+            worker="lost-worker",
+            task_id=LoadEvents(first).task_id,
+            status="RUNNING",
+            family="LoadEvents",
+            params={"date": str(first)},
+            runnable=True,
+        )
+        assert run_cli("luigid-stop").returncode == 0
+        assert run_cli("luigid-start").returncode == 0
+        result = run_cli("run-etl", str(day), timeout=180)
+    finally:
+        run_cli("luigid-stop")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = tmp_path / "work" / "reports" / f"cohort_summary_{day}.csv"
+    assert report.read_text() == cohort_oracle.report(list(cohort_oracle.daily_events(files)), day, first)
+
+
+def test_a_worker_that_loses_luigid_says_so_in_one_line(database_url, settings):
+    port = free_port()
+    settings("core", scheduler_host="localhost", scheduler_port=port, rpc_retry_attempts=1, rpc_retry_wait=1)
+    assert run_cli("luigid-start").returncode == 0
+    worker = start_cli("worker", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: f"pid={worker.pid}" in worker_names(port) or worker.poll() is not None)
+    finally:
+        run_cli("luigid-stop")
+    output, errors = worker.communicate(timeout=120)
+    # It was Luigi's traceback and exit 1: a scheduler that retries on scheduling_error now can.
+    assert worker.returncode == 35, output[-2000:] + errors[-2000:]
+    # refused, or reset when luigid stopped during a request
+    assert f"error: lost luigid at http://localhost:{port}: " in output and "Connection" in output
+    assert "Traceback" not in errors
+
+
+def test_a_run_on_a_port_that_is_not_luigid_says_so_in_one_line(database_url, settings):
+    # Something else answers on scheduler_port: it was exit 40, "an unexpected error in Luigi".
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    settings("core", scheduler_host="localhost", scheduler_port=other.server_port, rpc_retry_attempts=1)
+    try:
+        result = run_cli("run-etl", "2024-01-03")
+    finally:
+        other.shutdown()
+        other.server_close()
+    assert result.returncode == 35, result.stdout[-2000:] + result.stderr[-2000:]
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: lost luigid at http://localhost:{other.server_port}: 501 Server Error")
+    assert "FAILED" not in result.stdout and "Traceback" not in result.stderr
