@@ -283,7 +283,7 @@ def main(argv=None) -> int:
     if not config.luigi_cfg_found():
         print(f"error: no luigi.cfg in {os.getcwd()}: run from the project's folder, as make does", file=sys.stderr)
         return 2
-    bad_setting = config.problem()
+    bad_setting = config.problem(runs_tasks=args.command in ("run-etl", "load", "backfill", "worker"))
     if bad_setting:
         print(f"error: {bad_setting}", file=sys.stderr)
         return 2
@@ -305,6 +305,16 @@ def main(argv=None) -> int:
 
             return transform.run_by_hand(args.arguments)
         if args.command == "test-warehouse":
+            from tasks import transform
+
+            if not transform.built_before():
+                # Every test would fail on a missing table: one line says why instead.
+                print(
+                    f"error: nothing to test: no build has completed in {db.describe(server.database_url())}"
+                    " (make run-etl DATE=… builds the warehouse)",
+                    file=sys.stderr,
+                )
+                return 2
             return run_warehouse_tests()
         problem = "" if args.command == "worker" else check_dates(args)
         if problem:

@@ -139,11 +139,13 @@ PROJECT = Path(__file__).resolve().parents[1]
 DBT_PROJECT = PROJECT / "dbt"
 
 
-def problem() -> str:
+def problem(runs_tasks: bool = True) -> str:
     """Why the settings cannot be used, or ''. Luigi reads a section's values when its class is
     first made, which would be inside whichever task asked first, and its message would not say
-    how to fix the value; read here, before anything runs, a bad one is one line naming it."""
-    for section in (etl, source):
+    how to fix the value; read here, before anything runs, a bad one is one line naming it. A
+    command that runs no task (`clean`, `luigid-stop`, ...) reads no source or load setting, so
+    those do not stop it."""
+    for section in (etl, source) if runs_tasks else (etl,):
         try:
             section()
         except ValueError as err:  # Luigi's, with the parser's error as its cause
@@ -155,14 +157,16 @@ def problem() -> str:
             percent = (configparser.InterpolationSyntaxError, configparser.InterpolationMissingOptionError)
             hint = " (write a literal % as %%)" if isinstance(cause, percent) else ""
             return f"[{section.__name__}] {option} cannot be read: {said}{hint}"
-    try:
-        history_start()
-    except ValueError as err:
-        return str(err)
-    ratio = max_reject_ratio()
-    if math.isnan(ratio) or not 0 <= ratio <= 1:
-        return f"[etl] max_reject_ratio is {ratio}: give the share of bad lines a load tolerates, 0 to 1 (0.01 = 1%)"
-    timeouts = {"[etl] database_timeout_seconds": database_timeout(), "[source] timeout_seconds": source_timeout()}
+    timeouts = {"[etl] database_timeout_seconds": database_timeout()}
+    if runs_tasks:
+        try:
+            history_start()
+        except ValueError as err:
+            return str(err)
+        ratio = max_reject_ratio()
+        if math.isnan(ratio) or not 0 <= ratio <= 1:
+            return f"[etl] max_reject_ratio is {ratio}: give the share of bad lines a load tolerates, 0 to 1 (0.01: 1%)"
+        timeouts["[source] timeout_seconds"] = source_timeout()
     for name, seconds in timeouts.items():
         if seconds < 1:
             # libpq reads a connect_timeout of 0 as "wait for ever"

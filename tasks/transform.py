@@ -361,10 +361,14 @@ def check_warehouse() -> DbtRun:
         return invoke(conn, [(["test", *BUILD_OPTIONS], {"test_scope": "all"})], log_path)[-1]
 
 
-def built_before(moment) -> bool:
-    """Whether etl.build records a build before `moment` (by the database's clock)."""
+def built_before(moment=None) -> bool:
+    """Whether etl.build records a build (before `moment`, by the database's clock)."""
     with db.transaction() as conn, conn.cursor() as cur:
-        cur.execute("select exists (select from etl.build where built_at < %s)", (moment,))
+        if not db.exists(cur, "etl.build"):
+            return False
+        cur.execute(
+            "select exists (select from etl.build where built_at < coalesce(%s::timestamptz, 'infinity'))", (moment,)
+        )
         return cur.fetchone()[0]
 
 

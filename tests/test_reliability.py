@@ -603,6 +603,16 @@ def test_a_setting_that_cannot_be_used_is_named_before_anything_runs(tmp_path, s
     assert "ss@db" not in result.stderr and "a%(b)s" not in result.stderr
 
 
+@pytest.mark.parametrize("command", ["clean", "luigid-stop", "db-url"])
+def test_a_source_setting_that_cannot_be_used_does_not_stop_what_reads_none(tmp_path, command):
+    # `make clean` refused to run over an events_key with a '%', which it never reads
+    cfg = tmp_path / "bad.cfg"
+    cfg.write_text("[source]\nevents_key = events%20sample.json\n[etl]\nhistory_start = 2024-02-30\n")
+    result = run_cli(command, env={"LUIGI_CONFIG_PATH": str(cfg)})
+    assert result.returncode == 0, result.stderr
+    assert run_cli("run-etl", "2024-04-30", env={"LUIGI_CONFIG_PATH": str(cfg)}).returncode == 2
+
+
 def test_an_empty_data_dir_setting_is_the_default(settings, monkeypatch):
     monkeypatch.delenv("ETL_DATA_DIR")
     monkeypatch.chdir(ROOT)
