@@ -36,14 +36,19 @@ INTERRUPTED = 130
 
 
 def clean(drop_foreign: bool) -> None:
-    """Reset what the pipeline made; with an external database, only the pipeline's own objects."""
-    print(luigid.stop())
+    """Reset what the pipeline made; with an external database, only the pipeline's own objects.
+    Refused (runs.InProgress) while a run is running: it would write again into what is dropped."""
     dsn = config.database_url_setting()
     if dsn:
         for schema in schemas.drop_pipeline_schemas(dsn, drop_foreign):
             print(f"dropped schema {schema} in {db.describe(dsn)}")
-    elif server.stop_embedded(server.pgdata_dir()):
-        print(f"stopped the embedded PostgreSQL in {server.pgdata_dir()}")
+    else:
+        if (server.pgdata_dir() / "postmaster.pid").exists():
+            with db.transaction() as conn, conn.cursor() as cur:
+                runs.refuse_while_running(cur)
+        if server.stop_embedded(server.pgdata_dir()):
+            print(f"stopped the embedded PostgreSQL in {server.pgdata_dir()}")
+    print(luigid.stop())
     for name in WORK_FOLDERS:
         folder = config.data_dir() / name
         if folder.exists():

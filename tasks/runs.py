@@ -3,7 +3,8 @@ on luigid or the local scheduler.
 
 Reads and writes `etl.run`: the command, its dates, where it ran, start and end, status, and at the
 end the rows and rejects loaded for its dates, the dbt results of its builds and its log file.
-`make runs` lists the recent ones with their durations.
+`make runs` lists the recent ones with their durations. While it runs, a run holds the advisory
+lock `etl.run` (shared) on a session of its own, which `make clean` must take alone.
 """
 
 import datetime
@@ -34,9 +35,43 @@ create table if not exists etl.run (
 """
 
 
+# The session that holds a run's share of the lock, until finish(). A session ends with its
+# process however that dies, so a killed run holds nothing; a pid on record proves less (a new
+# process may have it by now). Forked Luigi workers leave it alone: they end by os._exit.
+_presence = {"session": None}
+
+
+class InProgress(ValueError):
+    """`make clean` met runs that are still running."""
+
+
+def refuse_while_running(cur) -> None:
+    """Keep runs from starting for the rest of `cur`'s transaction (they wait for it), or raise
+    InProgress naming the runs that are running: `make clean` must not drop what they write."""
+    cur.execute("select pg_try_advisory_xact_lock(hashtext('etl.run'))")
+    if cur.fetchone()[0]:
+        return
+    if not db.exists(cur, "etl.run"):  # one that has only just started
+        raise InProgress("a run has just started on this database. Let it end (or stop it), then clean")
+    cur.execute(
+        """
+        select format('run %s (%s, on %s, pid %s)', run.run_id, run.command, run.host, run.pid)
+        from pg_stat_activity as session join etl.run on session.application_name = 'etl run ' || run.run_id
+        where session.datname = current_database() order by run.run_id
+        """
+    )
+    runs = [row[0] for row in cur.fetchall()] or ["a run"]
+    raise InProgress(f"still running on this database: {'; '.join(runs)}. Let them end (or stop them), then clean")
+
+
 def start(command: str, first_date, last_date, scheduler: str, log_path) -> tuple:
     """Record a run that starts now; returns its id and its start by the database's clock, which
     also stamps the loads and builds (a client's clock may disagree)."""
+    session = db.connect()
+    session.autocommit = True
+    with session.cursor() as cur:
+        cur.execute("select pg_advisory_lock_shared(hashtext('etl.run'))")  # waits out a `make clean`
+    _presence["session"] = session
     with db.transaction() as conn, conn.cursor() as cur:
         completion.ensure_tables(cur)
         cur.execute(DDL)
@@ -47,12 +82,24 @@ def start(command: str, first_date, last_date, scheduler: str, log_path) -> tupl
             """,
             (command, first_date, last_date, scheduler, socket.gethostname(), os.getpid(), str(log_path)),
         )
-        return cur.fetchone()
+        run_id, started_at = cur.fetchone()
+    with session.cursor() as cur:
+        cur.execute("select set_config('application_name', %s, false)", (f"etl run {run_id}",))
+    return run_id, started_at
 
 
 def finish(run_id: int, status: str, exit_code: int, summary: dict) -> None:
     """Record how the run ended, with what it loaded and what dbt said; nothing when `make clean`
     dropped the record while the run ran (the run has already said how it ended)."""
+    try:
+        _record_end(run_id, status, exit_code, summary)
+    finally:
+        if _presence["session"] is not None:
+            _presence["session"].close()
+            _presence["session"] = None
+
+
+def _record_end(run_id: int, status: str, exit_code: int, summary: dict) -> None:
     with db.transaction() as conn, conn.cursor() as cur:
         if not db.exists(cur, "etl.run"):
             return

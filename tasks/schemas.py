@@ -1,14 +1,14 @@
 """The pipeline's schemas in its PostgreSQL, and what dropping them would take along (`make clean`).
 
 Reads the catalog of the database in use and the dbt project's model names; `drop_pipeline_schemas`
-drops the pipeline's six schemas, but refuses while anything the pipeline did not make would go
-with them: an object of another schema that depends on one of them (a view reading
+drops the pipeline's six schemas, but refuses while a run is running, or while anything the pipeline
+did not make would go with them: an object of another schema that depends on one of them (a view reading
 `reporting.cohort_summary`), or an object of the user's inside them (a table in `staging`).
 """
 
 from psycopg2 import sql
 
-from tasks import config, db, server, staging
+from tasks import config, db, runs, server, staging
 
 PIPELINE_SCHEMAS = ("staging", "historical", "snapshots", "dimensional", "reporting", "etl")
 # luigid's task history (tasks/luigid.py keeps it in schema etl) and the pipeline's own records.
@@ -111,6 +111,7 @@ def drop_pipeline_schemas(dsn: str = None, drop_foreign: bool = False) -> list:
     nothing, when other objects would go with them, unless `drop_foreign`."""
     dsn = dsn or server.database_url()
     with db.transaction(dsn) as conn, conn.cursor() as cur:
+        runs.refuse_while_running(cur)
         schemas = existing(cur)
         foreign = foreign_objects(cur) if schemas else []
         if foreign and not drop_foreign:

@@ -271,3 +271,29 @@ def test_a_run_on_a_port_that_is_not_luigid_says_so_in_one_line(database_url, se
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("error:")]
     assert line.startswith(f"error: lost luigid at http://localhost:{other.server_port}: 501 Server Error")
     assert "FAILED" not in result.stdout and "Traceback" not in result.stderr
+
+
+def test_make_clean_waits_for_no_run_and_no_worker(database_url, settings):
+    # `make clean` while a run ran dropped its schemas under it; the run wrote them again after.
+    port = free_port()
+    settings("core", scheduler_host="localhost", scheduler_port=port)
+    assert run_cli("luigid-start").returncode == 0
+    worker = start_cli("worker", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: f"pid={worker.pid}" in worker_names(port))  # it has recorded its run
+        refused = run_cli("clean")
+        worker.kill()
+        worker.wait()
+        # its session ends once the server reads the closed socket
+        sessions = "select count(*) from pg_stat_activity where datname = current_database() and application_name = %s"
+        wait_for(lambda: query(sessions, ("etl run 1",)) == [(0,)])
+        cleaned = run_cli("clean")
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        run_cli("luigid-stop")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.startswith("error: still running on this database: run 1 (make worker, on ")
+    assert f"pid {worker.pid})" in refused.stderr and refused.stdout == ""
+    assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+    assert "dropped schema etl" in cleaned.stdout
