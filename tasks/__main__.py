@@ -17,8 +17,10 @@ import logging
 import os
 import shutil
 import sys
+import warnings
 
 try:
+    import luigi.parameter
     import luigi.retcodes
     import luigi.rpc
     import luigi.worker
@@ -29,6 +31,14 @@ except configparser.Error as err:
     sys.exit(2)
 
 from tasks import config, console, db, luigid, processes, runs, schemas, server
+
+# Luigi's client reads [core] rpc_connect_timeout, rpc_retry_attempts and rpc_retry_wait (runbook,
+# exit code 35), but its [core] class does not declare them and warns of each, on every run.
+warnings.filterwarnings(
+    "ignore",
+    message="The configuration contains the parameter 'rpc",
+    category=luigi.parameter.UnconsumedParameterWarning,
+)
 
 # What the pipeline writes under <data_dir>; the bundled samples beside them stay.
 WORK_FOLDERS = ("raw", "reports", "logs", "dbt", "luigid", "pgdata")

@@ -254,7 +254,7 @@ def test_a_worker_that_loses_luigid_says_so_in_one_line(database_url, settings):
     assert worker.returncode == 35, output[-2000:] + errors[-2000:]
     # refused, or reset when luigid stopped during a request
     assert f"error: lost luigid at http://localhost:{port}: " in output and "Connection" in output
-    assert "Traceback" not in errors
+    assert "Traceback" not in errors and "UnconsumedParameterWarning" not in errors
 
 
 def test_a_run_on_a_port_that_is_not_luigid_says_so_in_one_line(database_url, settings):
