@@ -77,7 +77,7 @@ def summary(days, started_at) -> dict:
     ones; one running beside it may have loaded some of the same, which both then count)."""
     with db.transaction() as conn, conn.cursor() as cur:
         has_ledger, has_builds = db.exists(cur, "staging.event_partition"), db.exists(cur, "etl.build")
-        result = {"rows": 0, "rejects": 0, "loaded": 0, "empty": [], "dbt": None}
+        result = {"rows": 0, "rejects": 0, "loaded": 0, "empty": [], "refused": [], "dbt": None}
         if has_ledger:
             cur.execute(
                 f"""
@@ -99,6 +99,14 @@ def summary(days, started_at) -> dict:
                 rejects=cur.fetchone()[0],
                 empty=[row[0] for row in loaded if row[1] == 0],
             )
+            # Rejects of a date with no ledger row: its load found too many, and committed only them.
+            cur.execute(
+                f"select date, count(distinct (source_key, line_number)) from {staging.EVENTS.rejected.name} as bad"
+                f" where date <= %s and not exists (select from {staging.EVENTS.ledger_table}"
+                " where partition_date = bad.date) group by date order by date",
+                (max(days),),
+            )
+            result["refused"] = cur.fetchall()
         if has_builds:
             # every date of a build carries the same results: one per build
             cur.execute(
@@ -139,6 +147,12 @@ def print_summary(result: dict, days, outcome: str, reports) -> None:
             say(f"  no events in the source for {len(result['empty'])} date(s): {shown}")
     elif outcome == "done":
         say("  nothing to load: every partition was already loaded")
+    if result["refused"]:
+        shown = ", ".join(
+            f"{day} ({_count(count)} rejected line{'' if count == 1 else 's'})" for day, count in result["refused"][:5]
+        )
+        more = f" and {len(result['refused']) - 5} more dates" if len(result["refused"]) > 5 else ""
+        say(f"  not loaded, over max_reject_ratio: {shown}{more}; the lines are in {staging.EVENTS.rejected.name}")
     if result["dbt"]:
         statuses = ", ".join(f"{count} {name.upper()}" for name, count in sorted(result["dbt"]["statuses"].items()))
         say(f"  dbt: {statuses}")

@@ -146,6 +146,11 @@ def test_a_failed_forced_run_leaves_no_report_its_records_no_longer_vouch_for(da
     forced = run_cli("run-etl", "2024-03-04", "--force")
     assert forced.returncode == 30, forced.stdout[-3000:] + forced.stderr[-3000:]
     assert "removed the old report files of 2024-03-04, 2024-03-05 from" in forced.stdout
+    # Its rejects are stored; the summary said "0 rejected lines" of the dates it did load.
+    assert (
+        "not loaded, over max_reject_ratio: 2024-03-04 (1 rejected line); the lines are in staging.event_rejected"
+        in forced.stdout
+    )
     # The old files of both dates are gone with their etl.report records; the dates before stay.
     assert not list(reports.glob("cohort_summary_2024-03-0[45].*"))
     assert query("select count(*) from etl.report where run_date >= '2024-03-04'") == [(0,)]
@@ -159,7 +164,7 @@ def test_a_failed_forced_run_leaves_no_report_its_records_no_longer_vouch_for(da
     finished = run_cli("run-etl", "2024-03-04", "--force")
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     assert (reports / "cohort_summary_2024-03-05.csv").read_text() == REPORT_2024_03_05
-    assert "outdated by a reload" not in finished.stdout
+    assert "outdated by a reload" not in finished.stdout and "not loaded" not in finished.stdout
 
 
 # The worked example with 2024-03-04 corrected (u3 was not re-created that day), and its 03-05 report.
