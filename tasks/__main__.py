@@ -22,7 +22,6 @@ import warnings
 try:
     import luigi.parameter
     import luigi.retcodes
-    import luigi.rpc
     import luigi.worker
 except configparser.Error as err:
     # Luigi reads its configuration files when it is imported: one that does not parse (a section
@@ -97,12 +96,22 @@ def _stop_waiting_for_others(task):
     # pending for ever on luigid, and keep-alive would wait for them: run what can run, then exit
     # with [retcode] missing_data. The worker's settings are luigi's one cached `worker` config.
     luigi.worker.worker().keep_alive = False
-    _missing["data"] = True
+    _this_run["missing_data"] = True
 
 
-# Whether an input of this run had not arrived: the tasks luigid had not handed out yet when the
-# worker stopped waiting count as "not run" (25), a code Luigi ranks above missing_data (20).
-_missing = {"data": False}
+@luigi.Task.event_handler(luigi.Event.DEPENDENCY_DISCOVERED)
+def _note_task(task, dependency):
+    _this_run["tasks"].add(dependency.task_id)
+
+
+# What scheduling found: whether an input had not arrived (the tasks luigid had not handed out yet
+# when the worker stopped waiting count as "not run", 25, a code Luigi ranks above missing_data's
+# 20), and the ids of the run's tasks, to tell which of luigid's disabled tasks are this run's.
+_this_run = {"missing_data": False, "tasks": set()}
+
+# How often a run on luigid schedules its tasks again when luigid hands none of them out any more
+# while nothing of the run is disabled or missing: a luigid restarted during the run knows none.
+RESCHEDULES = 2
 
 
 class _LuigiGaveUp(logging.Handler):
@@ -117,6 +126,19 @@ class _LuigiGaveUp(logging.Handler):
             self.error = record.exc_info[1]
 
 
+def _luigi_once(argv: list) -> tuple:
+    """Luigi's exit code for one scheduling and run of `argv`, and the error it gave up on, if any."""
+    gave_up = _LuigiGaveUp()
+    logging.getLogger("luigi-interface").addHandler(gave_up)
+    try:
+        luigi.retcodes.run_with_retcodes(argv)
+    except SystemExit as done:
+        return done.code or 0, gave_up.error
+    finally:
+        logging.getLogger("luigi-interface").removeHandler(gave_up)
+    return 0, None
+
+
 def run_luigi(task_args: list, workers: int, scheduler_args: list, root=None) -> int:
     # No pid lock: two runs of the same command wait for each other on the database's locks
     # (per partition, per dbt build) and skip what the other finished, instead of one failing.
@@ -127,30 +149,29 @@ def run_luigi(task_args: list, workers: int, scheduler_args: list, root=None) ->
         # On luigid other workers may run this run's tasks: wait for them instead of leaving. A
         # failed task ends the wait once luigid disables it (tasks/luigid.py SCHEDULER_DEFAULTS).
         core.set("worker", "keep_alive", "true")
-    gave_up = _LuigiGaveUp()
-    logging.getLogger("luigi-interface").addHandler(gave_up)
-    try:
-        luigi.retcodes.run_with_retcodes(argv)
-    except SystemExit as done:
-        code = done.code or 0
-    else:
-        code = 0
-    finally:
-        logging.getLogger("luigi-interface").removeHandler(gave_up)
     retcodes = luigi.retcodes.retcode()
-    if code == retcodes.unhandled_exception and isinstance(gave_up.error, luigi.rpc.RPCError):
-        # Not a bug in Luigi: luigid stopped answering. The scheduler may come back, like a database.
-        console.say(f"error: {luigid.lost(gave_up.error)}")
-        return retcodes.scheduling_error
-    if code in (retcodes.not_run, retcodes.already_running) and root is not None and root.complete():
-        # On luigid other workers may have run the last tasks, the root among them: what counts is
-        # that everything asked for is done.
-        return 0
-    if code == retcodes.not_run and _missing["data"]:
-        return retcodes.missing_data
-    if code == retcodes.not_run and not scheduler_args:
-        for line in luigid.disabled():
+    for attempt in range(RESCHEDULES + 1):
+        _this_run.update(missing_data=False, tasks=set())
+        code, error = _luigi_once(argv)
+        if code == retcodes.unhandled_exception and luigid.lost_by(error):
+            # Not a bug in Luigi: luigid stopped answering. It may come back, like a database.
+            console.say(f"error: {luigid.lost(error)}")
+            return retcodes.scheduling_error
+        if code in (retcodes.not_run, retcodes.already_running) and root is not None and root.complete():
+            # On luigid other workers may have run the last tasks, the root among them: what counts
+            # is that everything asked for is done.
+            return 0
+        if code != retcodes.not_run or scheduler_args:
+            return code
+        disabled = luigid.disabled(_this_run["tasks"])
+        for line in disabled:
             console.say(line)
+        if disabled:
+            return code
+        if _this_run["missing_data"]:
+            return retcodes.missing_data
+        if attempt < RESCHEDULES:
+            console.say("luigid handed out none of this run's tasks left (was it restarted?): scheduling them again")
     return code
 
 
@@ -385,7 +406,9 @@ def run_tasks(args, first, last, scheduler_args, started_at, ended: dict) -> int
         luigi.configuration.get_config().set("core", "no_configure_logging", "true")
         try:
             luigi.build([], workers=args.workers, assistant=True)
-        except luigi.rpc.RPCError as err:
+        except Exception as err:
+            if not luigid.lost_by(err):
+                raise
             console.say(f"error: {luigid.lost(err)}")
             ended.update(code=luigi.retcodes.retcode().scheduling_error)
             return ended["code"]

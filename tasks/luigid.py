@@ -5,6 +5,7 @@ state) and keeps luigid's task history in the pipeline's PostgreSQL, schema `etl
 survive a restart of luigid and go away with `make clean`.
 """
 
+import json
 import os
 import re
 import signal
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import luigi
@@ -123,9 +125,18 @@ def write_config(work: Path) -> Path:
     return path
 
 
+def lost_by(error) -> bool:
+    """Whether an error that ended a run or worker is Luigi's client failing to talk to luigid:
+    its RPC gave up after [core] rpc_retry_attempts tries, [core] rpc_retry_wait seconds apart (3
+    and 30 by default), or what answers is not luigid (a reply that is not JSON)."""
+    if isinstance(error, luigi.rpc.RPCError):
+        return True
+    frames = traceback.extract_tb(error.__traceback__) if isinstance(error, json.JSONDecodeError) else []
+    return any(frame.filename.endswith(os.path.join("luigi", "rpc.py")) for frame in frames)
+
+
 def lost(error: Exception) -> str:
-    """The line for a run or worker that lost luigid: Luigi's RPC gave up after [core]
-    rpc_retry_attempts tries, [core] rpc_retry_wait seconds apart (3 and 30 by default)."""
+    """The line for a run or worker that lost luigid (lost_by)."""
     host, port = address()
     cause = str(getattr(error, "sub_exception", None) or error)
     # requests words a refused connection as a pool's repr around the one part that matters
@@ -136,19 +147,22 @@ def lost(error: Exception) -> str:
     )
 
 
-def disabled() -> list:
-    """A line for each task luigid has disabled (why a run on it ends with not_run), or []."""
+def disabled(task_ids) -> list:
+    """A line for each of `task_ids` that luigid has disabled (why a run on it ends not run), or []."""
     host, port = address()
+    if not answers(host, port):
+        return []  # not to wait out the client's retries: the run has said luigid is gone
     try:
         tasks = luigi.rpc.RemoteScheduler(f"http://{host}:{port}").task_list("DISABLED", "")
     except luigi.rpc.RPCError:
-        return []  # luigid is gone as well
-    settings = scheduler_settings()
+        return []
+    failures = scheduler_settings()["retry_count"]  # as make luigid sets it
     return [
-        f"luigid disabled {task['display_name']} after {settings['retry_count']} failures; it takes it again"
-        f" {settings['disable_persist']} s after the last ([scheduler] disable_persist). Fix the cause (the"
+        f"luigid disabled {task['display_name']} after {failures} failure{'' if failures == '1' else 's'}; it"
+        " takes it again a while after ([scheduler] disable_persist, 60 s for make luigid). Fix the cause (the"
         " FAILED lines of the earlier runs; `make runs` lists their logs), then run again"
-        for task in sorted(tasks.values(), key=lambda task: task["display_name"])
+        for task_id, task in sorted(tasks.items(), key=lambda item: item[1]["display_name"])
+        if task_id in task_ids
     ]
 
 

@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import socket
+import time
 
 from tasks import completion, db, processes
 
@@ -47,9 +48,13 @@ class InProgress(ValueError):
 
 def refuse_while_running(cur) -> None:
     """Keep runs from starting for the rest of `cur`'s transaction (they wait for it), or raise
-    InProgress naming the runs that are running: `make clean` must not drop what they write."""
+    InProgress naming the runs that are running: `make clean` must not drop what they write. A
+    `make dbt` or `make test-warehouse` holds no run's lock but the dbt lock (transform.dbt_lock)."""
     cur.execute("select pg_try_advisory_xact_lock(hashtext('etl.run'))")
     if cur.fetchone()[0]:
+        cur.execute("select pg_try_advisory_xact_lock(hashtext('etl.dbt'))")
+        if not cur.fetchone()[0]:
+            raise InProgress("dbt is running on this database (make dbt or make test-warehouse): let it end first")
         return
     if not db.exists(cur, "etl.run"):  # one that has only just started
         raise InProgress("a run has just started on this database. Let it end (or stop it), then clean")
@@ -64,13 +69,36 @@ def refuse_while_running(cur) -> None:
     raise InProgress(f"still running on this database: {'; '.join(runs)}. Let them end (or stop them), then clean")
 
 
+def _take_share(session) -> None:
+    """The run's share of the lock on its own idle session, asked for each second while a `make
+    clean` holds it (a wait inside the server would not end on Ctrl-C: libpq resumes it)."""
+    session.autocommit = True
+    with session.cursor() as cur:
+        # A server's idle_session_timeout (PostgreSQL 14+, common on managed ones) would end the
+        # idle session, and the lock with it, while the run goes on.
+        cur.execute("set statement_timeout = 0")
+        if session.server_version >= 140000:
+            cur.execute("set idle_session_timeout = 0")
+        waiting = False
+        while True:
+            cur.execute("select pg_try_advisory_lock_shared(hashtext('etl.run'))")
+            if cur.fetchone()[0]:
+                return
+            if not waiting:
+                print("waiting for a make clean of this database to finish", flush=True)
+                waiting = True
+            time.sleep(1)
+
+
 def start(command: str, first_date, last_date, scheduler: str, log_path) -> tuple:
     """Record a run that starts now; returns its id and its start by the database's clock, which
     also stamps the loads and builds (a client's clock may disagree)."""
     session = db.connect()
-    session.autocommit = True
-    with session.cursor() as cur:
-        cur.execute("select pg_advisory_lock_shared(hashtext('etl.run'))")  # waits out a `make clean`
+    try:
+        _take_share(session)
+    except BaseException:
+        session.close()
+        raise
     _presence["session"] = session
     with db.transaction() as conn, conn.cursor() as cur:
         completion.ensure_tables(cur)

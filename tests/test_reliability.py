@@ -327,6 +327,23 @@ def test_make_runs_shows_a_run_whose_process_is_gone_as_killed(database_url):
     assert runs.table(runs.recent()).splitlines()[2].split()[3:5] == ["?", "killed"]
 
 
+def test_a_run_holds_off_make_clean_past_the_server_idle_session_timeout(database_url):
+    # A managed server's idle_session_timeout ended the run's idle lock session, and with it the
+    # lock: `make clean` then dropped the schemas under the running run.
+    with db.transaction() as conn, conn.cursor() as cur:
+        cur.execute("select current_database()")
+        cur.execute(f'alter database "{cur.fetchone()[0]}" set idle_session_timeout = 200')
+    run_id, _ = runs.start("run-etl 2024-01-01", D1, D1, "local scheduler", "run.log")
+    try:
+        time.sleep(0.5)  # the server's timer under test runs out: not a synchronisation
+        with db.transaction() as conn, conn.cursor() as cur, pytest.raises(runs.InProgress, match=f"run {run_id} "):
+            runs.refuse_while_running(cur)
+    finally:
+        runs.finish(run_id, "success", 0, {})
+    with db.transaction() as conn, conn.cursor() as cur:
+        runs.refuse_while_running(cur)  # once it ended, clean may go on
+
+
 def test_a_run_whose_record_make_clean_dropped_still_ends(database_url):
     # `make clean` while a run ran: its end had no table to go to, and a traceback hid how it ended
     run_id, _ = runs.start("run-etl 2024-01-01", D1, D1, "local scheduler", "run.log")

@@ -13,9 +13,10 @@ import time
 import urllib.parse
 import urllib.request
 
+import psycopg2
 import pytest
 
-from tasks import config
+from tasks import config, db
 from tasks.load import LoadEvents
 
 import cohort_oracle
@@ -177,26 +178,66 @@ def test_a_run_on_luigid_ends_with_missing_data_when_a_daily_prefix_has_not_arri
 
 def test_a_run_on_luigid_names_the_task_luigid_disabled(database_url, settings, tmp_path, monkeypatch):
     # luigid disables a task that failed [scheduler] retry_count times; a run then ended with exit
-    # 25 and no word of why.
+    # 25 and no word of why, or with 20 when a daily prefix was missing as well.
     source = tmp_path / "source"
-    day = DAYS[0]
-    (source / f"events/date={day}").mkdir(parents=True)
-    (source / f"events/date={day}/part-0.json.gz").write_bytes(b"")  # a cut object: its load fails
+    cut, missing, day = DAYS[:3]
+    (source / f"events/date={cut}").mkdir(parents=True)
+    (source / f"events/date={cut}/part-0.json.gz").write_bytes(b"")  # a cut object: its load fails
+    write_lines(source / f"events/date={day}/part-0.json", day_events(day, count=5))
     write_lines(source / "orgs.json", [{"organization_key": "o1"}])
     monkeypatch.setenv("ETL_SOURCE_URL", str(source))
-    monkeypatch.setenv("ETL_HISTORY_START", day.isoformat())
+    monkeypatch.setenv("ETL_HISTORY_START", cut.isoformat())
     settings("source", events_key="events/date={date}/", orgs_key="orgs.json")
     settings("core", scheduler_host="localhost", scheduler_port=free_port())
-    settings("scheduler", retry_count=1)
+    settings("scheduler", retry_count=1, disable_persist=3600)
     assert run_cli("luigid-start").returncode == 0
     try:
-        failed = run_cli("run-etl", str(day))
-        refused = run_cli("run-etl", str(day))
+        failed = run_cli("run-etl", str(cut))
+        refused = run_cli("run-etl", str(cut))
+        refused_too = run_cli("run-etl", str(day), timeout=300)
     finally:
         run_cli("luigid-stop")
     assert failed.returncode == 30, failed.stdout[-2000:] + failed.stderr[-2000:]
-    assert refused.returncode == 25, refused.stdout[-2000:] + refused.stderr[-2000:]
-    assert f"luigid disabled LoadEvents(date={day}) after 1 failures" in refused.stdout
+    for result in (refused, refused_too):
+        assert result.returncode == 25, result.stdout[-2000:] + result.stderr[-2000:]
+        assert f"luigid disabled LoadEvents(date={cut}) after 1 failure; " in result.stdout
+    assert f"waiting: EventsArrived({missing}) has not arrived" in refused_too.stdout
+
+
+def test_a_run_on_luigid_carries_on_after_luigid_restarts(database_url, settings, tmp_path, monkeypatch):
+    # A restarted luigid knows no tasks (make luigid removes its saved state): the run's worker,
+    # once its task was done, found nothing more to do and the run ended "not run" (25).
+    source = tmp_path / "source"
+    files = [(d, "part-0.json", write_lines(source / f"events/date={d}/part-0.json", day_events(d))) for d in DAYS[:2]]
+    write_lines(source / "orgs.json", [{"organization_key": "o1"}])
+    monkeypatch.setenv("ETL_SOURCE_URL", str(source))
+    monkeypatch.setenv("ETL_HISTORY_START", DAYS[0].isoformat())
+    settings("source", events_key="events/date={date}/", orgs_key="orgs.json")
+    port = free_port()
+    settings("core", scheduler_host="localhost", scheduler_port=port, rpc_retry_wait=1)
+    assert run_cli("luigid-start").returncode == 0
+    holder = psycopg2.connect(database_url)
+    run = None
+    try:
+        with holder.cursor() as cur:  # the run's load waits for this partition's lock
+            db.lock_partition(cur, "staging.event", DAYS[0])
+        run = start_cli("run-etl", str(DAYS[1]), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        waiting = "select count(*) from pg_locks where locktype = 'advisory' and not granted and database ="
+        waiting += " (select oid from pg_database where datname = current_database())"
+        wait_for(lambda: query(waiting) == [(1,)])
+        assert run_cli("luigid-stop").returncode == 0
+        assert run_cli("luigid-start").returncode == 0
+        holder.rollback()
+        output, _ = run.communicate(timeout=300)
+    finally:
+        holder.close()
+        if run is not None and run.poll() is None:
+            run.kill()
+        run_cli("luigid-stop")
+    assert run.returncode == 0, output[-3000:]
+    assert "scheduling them again" in output
+    report = tmp_path / "work" / "reports" / f"cohort_summary_{DAYS[1]}.csv"
+    assert report.read_text() == cohort_oracle.report(list(cohort_oracle.daily_events(files)), DAYS[1], DAYS[0])
 
 
 def test_a_run_after_luigid_restarts_finishes_what_a_lost_worker_ran(database_url, settings, tmp_path, monkeypatch):
@@ -247,9 +288,12 @@ def test_a_worker_that_loses_luigid_says_so_in_one_line(database_url, settings):
     worker = start_cli("worker", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: f"pid={worker.pid}" in worker_names(port) or worker.poll() is not None)
+        run_cli("luigid-stop")
+        output, errors = worker.communicate(timeout=120)
     finally:
         run_cli("luigid-stop")
-    output, errors = worker.communicate(timeout=120)
+        if worker.poll() is None:
+            worker.kill()
     # It was Luigi's traceback and exit 1: a scheduler that retries on scheduling_error now can.
     assert worker.returncode == 35, output[-2000:] + errors[-2000:]
     # refused, or reset when luigid stopped during a request
@@ -273,7 +317,7 @@ def test_a_run_on_a_port_that_is_not_luigid_says_so_in_one_line(database_url, se
     assert "FAILED" not in result.stdout and "Traceback" not in result.stderr
 
 
-def test_make_clean_waits_for_no_run_and_no_worker(database_url, settings):
+def test_make_clean_refuses_while_a_run_or_a_worker_runs(database_url, settings):
     # `make clean` while a run ran dropped its schemas under it; the run wrote them again after.
     port = free_port()
     settings("core", scheduler_host="localhost", scheduler_port=port)
