@@ -139,6 +139,8 @@ def lost(error: Exception) -> str:
     """The line for a run or worker that lost luigid (lost_by)."""
     host, port = address()
     cause = str(getattr(error, "sub_exception", None) or error)
+    if isinstance(error, json.JSONDecodeError):
+        cause = f"what answers there is not luigid (its reply is not JSON: {error})"
     # requests words a refused connection as a pool's repr around the one part that matters
     errno = re.search(r"\[Errno -?\d+\][^'\")]*", cause)
     return (

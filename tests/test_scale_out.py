@@ -301,9 +301,28 @@ def test_a_worker_that_loses_luigid_says_so_in_one_line(database_url, settings):
     assert "Traceback" not in errors and "UnconsumedParameterWarning" not in errors
 
 
-def test_a_run_on_a_port_that_is_not_luigid_says_so_in_one_line(database_url, settings):
+class _NotJson(http.server.BaseHTTPRequestHandler):
+    """A web server that answers every request 200, with a page that is not JSON."""
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"<html>hello</html>")
+
+    do_GET = do_POST  # noqa: N815
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize(
+    "handler, cause",
+    [(http.server.SimpleHTTPRequestHandler, "501 Server Error"), (_NotJson, "what answers there is not luigid")],
+    ids=["refuses-posts", "answers-html"],
+)
+def test_a_run_on_a_port_that_is_not_luigid_says_so_in_one_line(database_url, settings, handler, cause):
     # Something else answers on scheduler_port: it was exit 40, "an unexpected error in Luigi".
-    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=other.serve_forever, daemon=True).start()
     settings("core", scheduler_host="localhost", scheduler_port=other.server_port, rpc_retry_attempts=1)
     try:
@@ -313,7 +332,7 @@ def test_a_run_on_a_port_that_is_not_luigid_says_so_in_one_line(database_url, se
         other.server_close()
     assert result.returncode == 35, result.stdout[-2000:] + result.stderr[-2000:]
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("error:")]
-    assert line.startswith(f"error: lost luigid at http://localhost:{other.server_port}: 501 Server Error")
+    assert line.startswith(f"error: lost luigid at http://localhost:{other.server_port}: {cause}")
     assert "FAILED" not in result.stdout and "Traceback" not in result.stderr
 
 
