@@ -9,9 +9,8 @@ import sys
 import time
 
 import luigi
-import luigi.rpc
 
-from tasks import config, db, staging
+from tasks import config, db, luigid, staging
 from tasks.partitions import dates
 
 _run = {"log": None, "started": time.monotonic()}
@@ -59,7 +58,7 @@ def failed(what: str, lines, log) -> None:
 
 @luigi.Task.event_handler(luigi.Event.FAILURE)
 def _stage_failed(task, exception):
-    if isinstance(exception, luigi.rpc.RPCError):
+    if luigid.lost_by(exception):
         return  # the task only lost luigid, as the whole run did: its end says so in one line
     what = f"{task.task_family} {span(dates(task)) if hasattr(task, 'date') else ''}"
     failed(what, str(exception).strip().splitlines() or [type(exception).__name__], _run["log"])

@@ -1,9 +1,10 @@
 """The pipeline's schemas in its PostgreSQL, and what dropping them would take along (`make clean`).
 
 Reads the catalog of the database in use and the dbt project's model names; `drop_pipeline_schemas`
-drops the pipeline's six schemas, but refuses while a run is running, or while anything the pipeline
-did not make would go with them: an object of another schema that depends on one of them (a view reading
-`reporting.cohort_summary`), or an object of the user's inside them (a table in `staging`).
+drops the pipeline's six schemas, but refuses while a run is running (runs.refuse_while_running),
+or while anything the pipeline did not make would go with them: an object of another schema that
+depends on one of them (a view reading `reporting.cohort_summary`), or an object of the user's
+inside them (a table in `staging`).
 """
 
 from psycopg2 import sql
