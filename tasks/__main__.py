@@ -94,7 +94,10 @@ def log_to(path, verbose: bool) -> None:
 def _stop_waiting_for_others(task):
     # An input nobody in this run produces (a daily prefix not there yet) leaves the tasks after it
     # pending for ever on luigid, and keep-alive would wait for them: run what can run, then exit
-    # with [retcode] missing_data. The worker's settings are luigi's one cached `worker` config.
+    # with [retcode] missing_data. The worker's settings are luigi's one cached `worker` config. A
+    # `make worker` serves luigid until stopped: a date that has not arrived is not its end.
+    if _this_run["assistant"]:
+        return
     luigi.worker.worker().keep_alive = False
     _this_run["missing_data"] = True
 
@@ -106,8 +109,9 @@ def _note_task(task, dependency):
 
 # What scheduling found: whether an input had not arrived (the tasks luigid had not handed out yet
 # when the worker stopped waiting count as "not run", 25, a code Luigi ranks above missing_data's
-# 20), and the ids of the run's tasks, to tell which of luigid's disabled tasks are this run's.
-_this_run = {"missing_data": False, "tasks": set()}
+# 20), and the ids of the run's tasks, to tell which of luigid's disabled tasks are this run's;
+# and whether this process is a `make worker` (an assistant).
+_this_run = {"missing_data": False, "tasks": set(), "assistant": False}
 
 # How often a run on luigid schedules its tasks again when luigid hands none of them out any more
 # while nothing of the run is disabled or missing: a luigid restarted during the run knows none.
@@ -343,10 +347,15 @@ def main(argv=None) -> int:
         if args.command == "test-warehouse":
             from tasks import transform
 
-            if not transform.built_before():
-                # Every test would fail on a missing table: one line says why instead.
+            # Every test would fail on a missing table: one line says why instead (and an embedded
+            # database that does not exist yet is not made for it).
+            unmade = not config.database_url_setting() and not (server.pgdata_dir() / "PG_VERSION").exists()
+            if unmade or not transform.built_before():
+                where = (
+                    f"the embedded database in {server.pgdata_dir()}" if unmade else db.describe(server.database_url())
+                )
                 print(
-                    f"error: nothing to test: no build has completed in {db.describe(server.database_url())}"
+                    f"error: nothing to test: no build has completed in {where}"
                     " (make run-etl DATE=… builds the warehouse)",
                     file=sys.stderr,
                 )
@@ -365,6 +374,10 @@ def main(argv=None) -> int:
         # scheduling_error retries this too (the same code as a completion check that cannot answer).
         print(f"error: {err}", file=sys.stderr)
         return luigi.retcodes.retcode().scheduling_error
+    except KeyboardInterrupt:
+        # before the run's tasks began (waiting for a `make clean`, say): nothing was done
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 def run_command(args) -> int:
@@ -384,7 +397,8 @@ def run_command(args) -> int:
     run_id, started_at = runs.start(" ".join(["make", args.command] + sys.argv[2:]), first, last, where, log_path)
     log_to(log_path, args.verbose)
     console.configure(log_path)
-    console.say(f"run {run_id}: {args.command} {first or ''}{'' if first == last else f' … {last}'} on {where}")
+    dates = "" if first is None else f" {first}" if first == last else f" {first} … {last}"
+    console.say(f"run {run_id}: {args.command}{dates} on {where}")
     ended = {"status": "failed", "code": 1, "result": {}}
     try:
         return run_tasks(args, first, last, scheduler_args, started_at, ended)
@@ -404,8 +418,14 @@ def run_tasks(args, first, last, scheduler_args, started_at, ended: dict) -> int
         # An assistant takes any runnable task luigid hands out, for as long as it runs.
         luigi.configuration.get_config().set("worker", "keep_alive", "true")
         luigi.configuration.get_config().set("core", "no_configure_logging", "true")
+        _this_run["assistant"] = True
         try:
             luigi.build([], workers=args.workers, assistant=True)
+        except KeyboardInterrupt:
+            # how a worker is stopped by hand ("until stopped"): what committed stays
+            console.say("interrupted: this worker takes no more tasks")
+            ended.update(status="interrupted", code=INTERRUPTED)
+            return INTERRUPTED
         except Exception as err:
             if not luigid.lost_by(err):
                 raise
@@ -428,7 +448,8 @@ def run_tasks(args, first, last, scheduler_args, started_at, ended: dict) -> int
             done, days = overwrite.invalidate(args.date)
             for line in done:
                 console.say(line)
-        task, root = ["RunEtl", "--date", args.date.isoformat()], workflows.RunEtl(args.date)
+        day = args.date.isoformat()
+        task, root = ["RunEtl", "--date", day, "--loaded-through", day], workflows.RunEtl(args.date, args.date)
         if len(days) > 1:
             task = ["RebuildReports", "--dates", json.dumps([day.isoformat() for day in days])]
             root = workflows.RebuildReports([day.isoformat() for day in days])

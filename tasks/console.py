@@ -98,7 +98,7 @@ def summary(days, started_at) -> dict:
                 rejects=cur.fetchone()[0],
                 empty=[row[0] for row in loaded if row[1] == 0],
             )
-            # Rejects of a date with no ledger row: its load found too many, and committed only them.
+            # Rejects of a date with no ledger row: a load found too many and committed only them.
             cur.execute(
                 f"select date, count(distinct (source_key, line_number)) from {staging.EVENTS.rejected.name} as bad"
                 f" where date <= %s and not exists (select from {staging.EVENTS.ledger_table}"
@@ -147,11 +147,12 @@ def print_summary(result: dict, days, outcome: str, reports) -> None:
     elif outcome == "done":
         say("  nothing to load: every partition was already loaded")
     if result["refused"]:
+        # Over max_reject_ratio, or a reload (FORCE=1) that failed otherwise: the FAILED lines say which.
         shown = ", ".join(
             f"{day} ({_count(count)} rejected line{'' if count == 1 else 's'})" for day, count in result["refused"][:5]
         )
         more = f" and {len(result['refused']) - 5} more dates" if len(result["refused"]) > 5 else ""
-        say(f"  not loaded, over max_reject_ratio: {shown}{more}; the lines are in {staging.EVENTS.rejected.name}")
+        say(f"  not loaded: {shown}{more}, in {staging.EVENTS.rejected.name}; the FAILED lines above say why")
     if result["dbt"]:
         statuses = ", ".join(f"{count} {name.upper()}" for name, count in sorted(result["dbt"]["statuses"].items()))
         say(f"  dbt: {statuses}")

@@ -138,9 +138,12 @@ def lost_by(error) -> bool:
 def lost(error: Exception) -> str:
     """The line for a run or worker that lost luigid (lost_by)."""
     host, port = address()
-    cause = str(getattr(error, "sub_exception", None) or error)
+    sub = getattr(error, "sub_exception", None)
+    cause = str(sub or error)
     if isinstance(error, json.JSONDecodeError):
         cause = f"what answers there is not luigid (its reply is not JSON: {error})"
+    elif getattr(sub, "response", None) is not None:  # an HTTP error status: a server, not luigid
+        cause = f"what answers there is not luigid ({sub})"
     # requests words a refused connection as a pool's repr around the one part that matters
     errno = re.search(r"\[Errno -?\d+\][^'\")]*", cause)
     return (

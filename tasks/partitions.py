@@ -51,15 +51,14 @@ class LoadedThrough(luigi.DateParameter):
     A backfill gives its last date to every report of its range, so the first builds do not start
     on the first loaded dates and build again when the rest arrive: one build takes the range. A
     report never depends on later partitions, so waiting for them changes no report. Default
-    (date.min): the build's own dates decide. Neither significant nor shown: it orders the work of
-    the run that asks, it is not part of what a task is, so a report's task id and name are the same
-    in a backfill and in a run-etl (a worker luigid hands the task to checks the build's own dates).
+    (date.min): the build's own dates decide. Part of the task's id: luigid keeps the parameters a
+    task id first came with, and hands those out (in batches, to other workers), so a build that
+    shared its id with a backfill's of a later, missing date waited for that date and failed.
     """
 
     def __init__(self, **kwargs):
-        hidden = luigi.parameter.ParameterVisibility.HIDDEN
         kwargs.setdefault("description", "load staging up to this date first (a backfill's last)")
-        super().__init__(default=datetime.date.min, significant=False, visibility=hidden, **kwargs)
+        super().__init__(default=datetime.date.min, **kwargs)
 
     def serialize(self, dt):
         # strftime writes year 1 as "1-01-01", which parse() refuses; luigid and batches parse it back.

@@ -7,9 +7,12 @@ depends on one of them (a view reading `reporting.cohort_summary`), or an object
 inside them (a table in `staging`).
 """
 
+import psycopg2.errors
 from psycopg2 import sql
 
 from tasks import config, db, runs, server, staging
+
+DROP_LOCK_SECONDS = 30
 
 PIPELINE_SCHEMAS = ("staging", "historical", "snapshots", "dimensional", "reporting", "etl")
 # luigid's task history (tasks/luigid.py keeps it in schema etl) and the pipeline's own records.
@@ -121,6 +124,14 @@ def drop_pipeline_schemas(dsn: str = None, drop_foreign: bool = False) -> list:
                 f"not make would go with them: {'; '.join(foreign)}. Move or drop them, or run "
                 f"`make clean DROP_FOREIGN=1` to drop them too."
             )
-        for schema in schemas:
-            cur.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(schema)))
+        # A session reading a table (a query, a BI tool) would keep the drop waiting without a word.
+        cur.execute("set local lock_timeout = %s", (f"{DROP_LOCK_SECONDS}s",))
+        try:
+            for schema in schemas:
+                cur.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(schema)))
+        except psycopg2.errors.LockNotAvailable:
+            raise runs.InProgress(
+                f"another session has held a lock on the pipeline's tables for {DROP_LOCK_SECONDS} s (a query,"
+                " a tool on the database); nothing was dropped. Let it end, then clean"
+            ) from None
     return schemas

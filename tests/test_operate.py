@@ -69,9 +69,10 @@ def test_luigid_backfill_history_and_clean(database_url, worked_example, setting
         # A first backfill: its builds wrote every row and tested it, so no second pass over them.
         assert "warehouse tests: every row comes from this run's builds" in result.stdout
         done = api(port, "task_list", status="DONE")
-        assert {"RunEtl(date=2024-03-05)", "RunEtl(date=2024-03-06)"} <= {
-            task["display_name"] for task in done.values()
-        }
+        assert {
+            "RunEtl(date=2024-03-05, loaded_through=2024-03-06)",
+            "RunEtl(date=2024-03-06, loaded_through=2024-03-06)",
+        } <= {task["display_name"] for task in done.values()}
         loads = [task for task in done.values() if task["name"] == "LoadEvents"]
         assert loads and all(" rows, " in (task["status_message"] or "") for task in loads)
         # Two workers, one build: no worker starts a build on the first dates loaded.
@@ -148,7 +149,7 @@ def test_a_failed_forced_run_leaves_no_report_its_records_no_longer_vouch_for(da
     assert "removed the old report files of 2024-03-04, 2024-03-05 from" in forced.stdout
     # Its rejects are stored; the summary said "0 rejected lines" of the dates it did load.
     assert (
-        "not loaded, over max_reject_ratio: 2024-03-04 (1 rejected line); the lines are in staging.event_rejected"
+        "not loaded: 2024-03-04 (1 rejected line), in staging.event_rejected; the FAILED lines above say why"
         in forced.stdout
     )
     # The old files of both dates are gone with their etl.report records; the dates before stay.

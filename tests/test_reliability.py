@@ -417,6 +417,22 @@ def test_overlapping_runs_and_separate_pipelines_all_succeed(database_url, postg
 # --- 7. make clean drops only what the pipeline made ------------------------------------------------
 
 
+def test_clean_does_not_wait_without_a_word_for_a_session_reading_a_table(database_url, monkeypatch):
+    # a query's lock on a staging table kept `make clean` waiting, silent and deaf to Ctrl-C
+    with db.transaction() as conn:
+        staging.ensure_tables(conn)
+    reader = psycopg2.connect(database_url)
+    try:
+        reader.cursor().execute("select count(*) from staging.event")  # its lock lasts its transaction
+        monkeypatch.setattr(schemas, "DROP_LOCK_SECONDS", 1)
+        with pytest.raises(runs.InProgress, match="held a lock on the pipeline's tables for 1 s"):
+            schemas.drop_pipeline_schemas(database_url)
+        assert query("select count(*) from pg_namespace where nspname = 'staging'") == [(1,)]
+    finally:
+        reader.close()
+    assert "staging" in schemas.drop_pipeline_schemas(database_url)
+
+
 def test_clean_refuses_to_take_others_objects_along(database_url):
     with db.transaction() as conn, conn.cursor() as cur:
         staging.ensure_tables(conn)
@@ -700,3 +716,27 @@ def test_temporaries_of_long_names_on_a_dotted_host_are_found_again(tmp_path, mo
     running.write_bytes(b"being written")
     assert extract.remove_stale_temporaries(tmp_path) == [stale]
     assert running.exists()
+
+
+WORKER_MEETS_A_MISSING_DATE = """
+import datetime, luigi, luigi.worker
+from tasks import __main__ as main, extract
+main._this_run["assistant"] = {assistant}
+luigi.configuration.get_config().set("worker", "keep_alive", "true")  # as on luigid
+arrived = extract.EventsArrived(date=datetime.date(2024, 1, 1))
+arrived.trigger_event(luigi.Event.DEPENDENCY_MISSING, arrived)
+print(luigi.worker.worker().keep_alive, main._this_run["missing_data"])
+"""
+
+
+@pytest.mark.parametrize("assistant, keeps_alive", [(True, "True False"), (False, "False True")])
+def test_a_worker_keeps_serving_luigid_past_a_date_that_has_not_arrived(assistant, keeps_alive):
+    # A run stops waiting for others once an input is missing; a `make worker` meeting one quit
+    # with exit 0, though it serves luigid until stopped. (In a process of its own: tasks.__main__
+    # registers Luigi event handlers for every task of the process.)
+    script = WORKER_MEETS_A_MISSING_DATE.format(assistant=assistant)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, env={**os.environ}, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == keeps_alive

@@ -176,6 +176,32 @@ def test_a_run_on_luigid_ends_with_missing_data_when_a_daily_prefix_has_not_arri
     assert query("select partition_date from staging.event_partition order by 1") == [(d,) for d in (first, *later)]
 
 
+def test_a_run_on_luigid_after_one_that_waited_for_a_later_date_finishes(database_url, settings, tmp_path, monkeypatch):
+    # luigid keeps the parameters a task id first came with: the builds of the narrower range
+    # shared their ids with the first run's, were handed out waiting for its missing last date,
+    # and failed ("Unfulfilled dependency at run time").
+    source = tmp_path / "source"
+    present = DAYS[:3]
+    files = [(d, "part-0.json", write_lines(source / f"events/date={d}/part-0.json", day_events(d))) for d in present]
+    write_lines(source / "orgs.json", [{"organization_key": "o1"}])
+    monkeypatch.setenv("ETL_SOURCE_URL", str(source))
+    monkeypatch.setenv("ETL_HISTORY_START", DAYS[0].isoformat())
+    settings("source", events_key="events/date={date}/", orgs_key="orgs.json")
+    settings("core", scheduler_host="localhost", scheduler_port=free_port())
+    assert run_cli("luigid-start").returncode == 0
+    try:
+        waited = run_cli("backfill", str(DAYS[0]), str(DAYS[3]), timeout=300)
+        narrower = run_cli("backfill", str(DAYS[0]), str(DAYS[2]), timeout=300)
+    finally:
+        run_cli("luigid-stop")
+    assert waited.returncode == 20, waited.stdout[-2000:] + waited.stderr[-2000:]
+    assert narrower.returncode == 0, narrower.stdout[-3000:] + narrower.stderr[-2000:]
+    events = list(cohort_oracle.daily_events(files))
+    for day in present:
+        report = tmp_path / "work" / "reports" / f"cohort_summary_{day}.csv"
+        assert report.read_text() == cohort_oracle.report(events, day, DAYS[0]), day
+
+
 def test_a_run_on_luigid_names_the_task_luigid_disabled(database_url, settings, tmp_path, monkeypatch):
     # luigid disables a task that failed [scheduler] retry_count times; a run then ended with exit
     # 25 and no word of why, or with 20 when a daily prefix was missing as well.
@@ -317,7 +343,10 @@ class _NotJson(http.server.BaseHTTPRequestHandler):
 
 @pytest.mark.parametrize(
     "handler, cause",
-    [(http.server.SimpleHTTPRequestHandler, "501 Server Error"), (_NotJson, "what answers there is not luigid")],
+    [
+        (http.server.SimpleHTTPRequestHandler, "what answers there is not luigid (501 Server Error"),
+        (_NotJson, "what answers there is not luigid (its reply is not JSON"),
+    ],
     ids=["refuses-posts", "answers-html"],
 )
 def test_a_run_on_a_port_that_is_not_luigid_says_so_in_one_line(database_url, settings, handler, cause):
@@ -360,3 +389,38 @@ def test_make_clean_refuses_while_a_run_or_a_worker_runs(database_url, settings)
     assert f"pid {worker.pid})" in refused.stderr and refused.stdout == ""
     assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
     assert "dropped schema etl" in cleaned.stdout
+
+
+def test_ctrl_c_stops_a_worker_and_a_run_waiting_for_a_clean_without_a_traceback(database_url, settings):
+    # Ctrl-C is how a `make worker` is stopped; it ended in Luigi's traceback, recorded as failed.
+    port = free_port()
+    settings("core", scheduler_host="localhost", scheduler_port=port)
+    assert run_cli("luigid-start").returncode == 0
+    worker = start_cli("worker", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: f"pid={worker.pid}" in worker_names(port) or worker.poll() is not None)
+        worker.send_signal(signal.SIGINT)
+        output, errors = worker.communicate(timeout=120)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        run_cli("luigid-stop")
+    assert worker.returncode == 130, output[-2000:] + errors[-2000:]
+    assert "interrupted: this worker takes no more tasks" in output and "Traceback" not in errors
+    assert query("select status, exit_code from etl.run") == [("interrupted", 130)]
+
+    # A run that waits for a `make clean` (here, its lock held by hand) is stopped the same way.
+    cleaning = psycopg2.connect(database_url)
+    run = None
+    try:
+        cleaning.cursor().execute("select pg_advisory_xact_lock(hashtext('etl.run'))")
+        run = start_cli("run-etl", "2024-01-03", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert run.stdout.readline() == "waiting for a make clean of this database to finish\n"
+        run.send_signal(signal.SIGINT)
+        output, errors = run.communicate(timeout=120)
+    finally:
+        cleaning.close()
+        if run is not None and run.poll() is None:
+            run.kill()
+    assert run.returncode == 130, output + errors
+    assert errors == "interrupted\n"
