@@ -47,6 +47,7 @@ INTERRUPTED = 130
 def clean(drop_foreign: bool) -> None:
     """Reset what the pipeline made; with an external database, only the pipeline's own objects.
     Refused (runs.InProgress) while a run is running: it would write again into what is dropped."""
+    runs.hold_data_dir_alone()
     dsn = config.database_url_setting()
     if dsn:
         for schema in schemas.drop_pipeline_schemas(dsn, drop_foreign):

@@ -8,12 +8,13 @@ lock `etl.run` (shared) on a session of its own, which `make clean` must take al
 """
 
 import datetime
+import fcntl
 import json
 import os
 import socket
 import time
 
-from tasks import completion, db, processes
+from tasks import completion, config, db, processes
 
 DDL = """
 create table if not exists etl.run (
@@ -38,8 +39,11 @@ create table if not exists etl.run (
 
 # The session that holds a run's share of the lock, until finish(). A session ends with its
 # process however that dies, so a killed run holds nothing; a pid on record proves less (a new
-# process may have it by now). Forked Luigi workers leave it alone: they end by os._exit.
-_presence = {"session": None}
+# process may have it by now). Forked Luigi workers leave it alone: they end by os._exit. Beside
+# it, a shared flock on the data dir's LOCK_FILE: the embedded server and the run's folders are
+# the data dir's, and `make clean` stops and removes them (it takes the flock alone first).
+_presence = {"session": None, "data_dir": None}
+LOCK_FILE = ".runs.lock"
 
 
 class InProgress(ValueError):
@@ -69,6 +73,35 @@ def refuse_while_running(cur) -> None:
     raise InProgress(f"still running on this database: {'; '.join(runs)}. Let them end (or stop them), then clean")
 
 
+def _data_dir_lock() -> int:
+    config.data_dir().mkdir(parents=True, exist_ok=True)
+    return os.open(config.data_dir() / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+def hold_data_dir_alone() -> None:
+    """For `make clean`: the data dir's flock alone, until this process ends; InProgress while a
+    run of this data dir runs."""
+    lock = _data_dir_lock()
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        raise InProgress(
+            f"a run is using the data dir {config.data_dir()} (make runs lists it). Let it end (or stop it), then clean"
+        ) from None
+    _presence["data_dir"] = lock
+
+
+def _share_data_dir() -> None:
+    lock = _data_dir_lock()
+    try:
+        fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("waiting for a make clean of this data dir to finish", flush=True)
+        fcntl.flock(lock, fcntl.LOCK_SH)  # Ctrl-C ends the wait
+    _presence["data_dir"] = lock
+
+
 def _take_share(session) -> None:
     """The run's share of the lock on its own idle session, asked for each second while a `make
     clean` holds it (a wait inside the server would not end on Ctrl-C: libpq resumes it)."""
@@ -93,6 +126,7 @@ def _take_share(session) -> None:
 def start(command: str, first_date, last_date, scheduler: str, log_path) -> tuple:
     """Record a run that starts now; returns its id and its start by the database's clock, which
     also stamps the loads and builds (a client's clock may disagree)."""
+    _share_data_dir()  # before the database: the embedded server is the data dir's
     session = db.connect()
     try:
         _take_share(session)
@@ -125,6 +159,9 @@ def finish(run_id: int, status: str, exit_code: int, summary: dict) -> None:
         if _presence["session"] is not None:
             _presence["session"].close()
             _presence["session"] = None
+        if _presence["data_dir"] is not None:
+            os.close(_presence["data_dir"])
+            _presence["data_dir"] = None
 
 
 def _record_end(run_id: int, status: str, exit_code: int, summary: dict) -> None:

@@ -3,6 +3,7 @@ is ever printed, no run collides with another or with a killed one, nothing hang
 failure says what failed. Each case runs against a real PostgreSQL and, for S3, the real protocol."""
 
 import datetime
+import fcntl
 import gzip
 import json
 import os
@@ -415,6 +416,23 @@ def test_overlapping_runs_and_separate_pipelines_all_succeed(database_url, postg
 
 
 # --- 7. make clean drops only what the pipeline made ------------------------------------------------
+
+
+def test_make_clean_and_a_run_take_turns_on_the_data_dir(database_url, tmp_path):
+    # With the embedded server, a run that started just after `make clean` met the server stopping
+    # and its folder going (a traceback); clean also removed the logs of runs of its data dir.
+    lock_path = tmp_path / "work" / runs.LOCK_FILE  # the data dir is tmp_path / "work"
+    lock_path.parent.mkdir(parents=True)
+    with open(lock_path, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_SH)  # as a run of this data dir holds it
+        refused = run_cli("clean")
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a clean holds it
+        run = start_cli("load", "2024-01-01", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first_line = run.stdout.readline()
+    output, errors = run.communicate(timeout=300)  # the clean is over: the run goes on
+    assert refused.returncode == 2 and refused.stderr.startswith("error: a run is using the data dir ")
+    assert first_line == "waiting for a make clean of this data dir to finish\n"
+    assert run.returncode == 0, output[-2000:] + errors[-2000:]
 
 
 def test_clean_does_not_wait_without_a_word_for_a_session_reading_a_table(database_url, monkeypatch):
