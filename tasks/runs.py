@@ -4,7 +4,8 @@ on luigid or the local scheduler.
 Reads and writes `etl.run`: the command, its dates, where it ran, start and end, status, and at the
 end the rows and rejects loaded for its dates, the dbt results of its builds and its log file.
 `make runs` lists the recent ones with their durations. While it runs, a run holds the advisory
-lock `etl.run` (shared) on a session of its own, which `make clean` must take alone.
+lock `etl.run` (shared) on a session of its own and a shared flock on `<data_dir>/.runs.lock`;
+`make clean` must take both alone.
 """
 
 import datetime
