@@ -365,12 +365,15 @@ def test_a_run_on_a_port_that_is_not_luigid_says_so_in_one_line(database_url, se
     assert "FAILED" not in result.stdout and "Traceback" not in result.stderr
 
 
-def test_make_clean_refuses_while_a_run_or_a_worker_runs(database_url, settings):
+def test_make_clean_refuses_while_a_run_or_a_worker_runs(database_url, settings, tmp_path):
     # `make clean` while a run ran dropped its schemas under it; the run wrote them again after.
+    # The worker has a data dir of its own, as on another machine (the data dir's own lock:
+    # test_reliability.py, test_make_clean_and_a_run_take_turns_on_the_data_dir).
     port = free_port()
     settings("core", scheduler_host="localhost", scheduler_port=port)
     assert run_cli("luigid-start").returncode == 0
-    worker = start_cli("worker", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"ETL_DATA_DIR": str(tmp_path / "elsewhere")}
+    worker = start_cli("worker", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: f"pid={worker.pid}" in worker_names(port))  # it has recorded its run
         refused = run_cli("clean")
