@@ -655,8 +655,9 @@ def test_a_setting_that_cannot_be_used_is_named_before_anything_runs(tmp_path, s
 
 
 @pytest.mark.parametrize("command", ["clean", "luigid-stop", "db-url"])
-def test_a_source_setting_that_cannot_be_used_does_not_stop_what_reads_none(tmp_path, command):
-    # `make clean` refused to run over an events_key with a '%', which it never reads
+def test_a_source_setting_that_cannot_be_used_does_not_stop_what_reads_none(database_url, tmp_path, command):
+    # `make clean` refused to run over an events_key with a '%', which it never reads. (With a
+    # database of the test's: db-url would start an embedded server in the data dir.)
     cfg = tmp_path / "bad.cfg"
     cfg.write_text("[source]\nevents_key = events%20sample.json\n[etl]\nhistory_start = 2024-02-30\n")
     result = run_cli(command, env={"LUIGI_CONFIG_PATH": str(cfg)})
