@@ -332,14 +332,14 @@ def _chunks(stream, name: str) -> Iterator[bytes]:
     try:
         while chunk := stream.read(CHUNK):
             yield chunk
+        if gzipped and not compressed.bytes:
+            # gzip reads no bytes as no members, but even an empty file compresses to 20: this one
+            # was cut before its header (a writer that died), and loading it as a day without
+            # events would lose the day silently
+            raise EOFError("0 bytes")
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
         # gzip raises EOFError on a truncated member and BadGzipFile on bytes that are not gzip.
         raise SourceError(f"{name}: cannot read the gzip object ({err}); is it truncated, or not gzip?") from None
-    if gzipped and not compressed.bytes:
-        # gzip reads no bytes as no members, but even an empty file compresses to 20: this one was
-        # cut before its header (a writer that died), and loading it as a day without events would
-        # lose the day silently
-        raise SourceError(f"{name}: cannot read the gzip object (0 bytes); is it truncated, or not gzip?")
 
 
 def read_lines(stream, name: str, required) -> Iterator[Line]:
