@@ -53,7 +53,7 @@ def clean(drop_foreign: bool) -> None:
         for schema in schemas.drop_pipeline_schemas(dsn, drop_foreign):
             print(f"dropped schema {schema} in {db.describe(dsn)}")
     else:
-        if (server.pgdata_dir() / "postmaster.pid").exists():
+        if server.embedded_runs(server.pgdata_dir()):
             with db.transaction() as conn, conn.cursor() as cur:
                 runs.refuse_while_running(cur)
         if server.stop_embedded(server.pgdata_dir()):

@@ -17,6 +17,11 @@ def pgdata_dir() -> Path:
     return config.data_dir() / "pgdata"
 
 
+def embedded_runs(pgdata: Path) -> bool:
+    """Whether an embedded server runs on `pgdata` (its lock file is there)."""
+    return (pgdata / "postmaster.pid").exists()
+
+
 def start_embedded(pgdata: Path) -> str:
     """Start (or find running) the embedded server on `pgdata`; it outlives this process."""
     with warnings.catch_warnings():
@@ -32,7 +37,7 @@ def start_embedded(pgdata: Path) -> str:
 
 def stop_embedded(pgdata: Path) -> bool:
     """Stop the embedded server on `pgdata` if one runs there; True when one was stopped."""
-    if not (pgdata / "postmaster.pid").exists():
+    if not embedded_runs(pgdata):
         return False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -55,6 +60,6 @@ def database_url() -> str:
     pgdata = pgdata_dir()
     key = (os.getpid(), pgdata)
     # Luigi forks workers; a server handle from the parent says nothing about the child's view.
-    if key not in _url_cache or not (pgdata / "postmaster.pid").exists():
+    if key not in _url_cache or not embedded_runs(pgdata):
         _url_cache[key] = start_embedded(pgdata)
     return _url_cache[key]
