@@ -34,8 +34,13 @@ def status(line: str) -> None:
 
 
 def span(days) -> str:
+    """Dates as a reader scans them: a range reads as consecutive, so one with gaps says so."""
     days = sorted(days)
-    return f"{days[0]}" if len(days) == 1 else f"{days[0]} … {days[-1]} ({len(days)} dates)"
+    if len(days) == 1:
+        return f"{days[0]}"
+    between = (days[-1] - days[0]).days + 1
+    of = "" if between == len(days) else f" of {between}"
+    return f"{days[0]} … {days[-1]} ({len(days)}{of} dates)"
 
 
 def _count(value) -> str:

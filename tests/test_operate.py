@@ -417,6 +417,13 @@ def test_a_report_of_decades_is_printed_in_part_and_named_whole(tmp_path, capsys
     assert capsys.readouterr().out == REPORT_2024_03_05
 
 
+def test_dates_with_gaps_are_not_named_as_a_range():
+    day = datetime.date(2024, 1, 2)
+    assert console.span([day]) == "2024-01-02"
+    assert console.span([day + datetime.timedelta(1), day]) == "2024-01-02 … 2024-01-03 (2 dates)"
+    assert console.span([day, day + datetime.timedelta(2)]) == "2024-01-02 … 2024-01-04 (2 of 3 dates)"
+
+
 def test_a_luigid_that_cannot_start_says_why_in_one_line(database_url, settings):
     # an address of another machine: the cause was only in luigid's log, behind our traceback
     settings("luigid", address="10.255.255.1")
