@@ -131,6 +131,24 @@ class _LuigiGaveUp(logging.Handler):
             self.error = record.exc_info[1]
 
 
+class _SayUnanswered(logging.Handler):
+    """Says once, on the terminal, that luigid stopped answering and how long Luigi's client will
+    try (luigid.unanswered): its retries are logged to the run's log only."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.said = False
+
+    def emit(self, record):
+        # Luigi's message for a failed try, luigi/rpc.py (RemoteScheduler._get_retryer)
+        if self.said or not str(record.msg).startswith("Failed connecting to remote scheduler"):
+            return
+        line = luigid.unanswered()
+        if line:
+            console.say(line)
+        self.said = True
+
+
 def _luigi_once(argv: list) -> tuple:
     """Luigi's exit code for one scheduling and run of `argv`, and the error it gave up on, if any."""
     gave_up = _LuigiGaveUp()
@@ -412,6 +430,7 @@ def run_tasks(args, first, last, scheduler_args, started_at, ended: dict) -> int
     """Run the command's tasks and print the summary; `ended` receives how it ended, for etl.run."""
     from tasks import export, overwrite
 
+    logging.getLogger("luigi-interface").addHandler(_SayUnanswered())
     if last:
         console.plan(first, last)
 

@@ -327,6 +327,30 @@ def test_a_worker_that_loses_luigid_says_so_in_one_line(database_url, settings):
     assert "Traceback" not in errors and "UnconsumedParameterWarning" not in errors
 
 
+def test_a_worker_waiting_out_luigis_retries_says_so_once(database_url, settings):
+    # Luigi's client tries each request rpc_retry_attempts times (3, 30 s apart by default) before
+    # the worker ends with "lost luigid": minutes in which the terminal said nothing.
+    port = free_port()
+    settings("core", scheduler_host="localhost", scheduler_port=port, rpc_retry_attempts=3, rpc_retry_wait=1)
+    assert run_cli("luigid-start").returncode == 0
+    worker = start_cli("worker", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: f"pid={worker.pid}" in worker_names(port) or worker.poll() is not None)
+        run_cli("luigid-stop")
+        output, errors = worker.communicate(timeout=120)
+    finally:
+        run_cli("luigid-stop")
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 35, output[-2000:] + errors[-2000:]
+    lines = output.splitlines()
+    (waiting,) = [n for n, line in enumerate(lines) if line.startswith(f"luigid at http://localhost:{port} does not")]
+    (lost,) = [n for n, line in enumerate(lines) if line.startswith(f"error: lost luigid at http://localhost:{port}")]
+    assert waiting < lost
+    assert "tries each request 3 times, 1 s apart ([core] rpc_retry_attempts, rpc_retry_wait)" in lines[waiting]
+    assert "Traceback" not in errors
+
+
 class _NotJson(http.server.BaseHTTPRequestHandler):
     """A web server that answers every request 200, with a page that is not JSON."""
 
