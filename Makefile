@@ -25,7 +25,7 @@ endif
 export PIP_INDEX_URL
 
 # Options every pipeline command takes from make variables; python -m tasks checks their values.
-RUN_OPTIONS = --workers "$(WORKERS)" $(if $(FUTURE),--allow-future "$(FUTURE)")
+RUN_OPTIONS = --workers "$(WORKERS)" $(if $(FUTURE),--allow-future "$(FUTURE)") $(if $(FORCE),--force "$(FORCE)")
 
 .PHONY: help setup setup-dev browser run-etl backfill load worker luigid luigid-stop runs dbt test test-fast \
 	test-warehouse lint clean db-url docs bench pip-index-url
@@ -50,7 +50,7 @@ $(VENV)/.synced-dev: $(VENV)/.synced
 	@touch $@
 
 run-etl: setup ## the whole chain for DATE: download, stage, dbt, report (FORCE=1 reprocesses DATE, WORKERS=N)
-	@$(PY) -m tasks run-etl "$(DATE)" $(RUN_OPTIONS) $(if $(FORCE),--force "$(FORCE)")
+	@$(PY) -m tasks run-etl "$(DATE)" $(RUN_OPTIONS)
 
 backfill: setup ## the whole chain for every date from FROM to TO (WORKERS=N runs tasks side by side)
 	@$(PY) -m tasks backfill "$(FROM)" "$(TO)" $(RUN_OPTIONS)

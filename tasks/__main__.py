@@ -240,14 +240,6 @@ def parse_args(argv):
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run_etl = commands.add_parser("run-etl", help="the whole chain for DATE, backfilling from history_start")
     run_etl.add_argument("date", type=_date)
-    run_etl.add_argument(
-        "--force",
-        nargs="?",
-        const="1",
-        default=False,
-        type=_switch("FORCE"),
-        help="reload DATE from the source, rebuild reports from it on",
-    )
     load = commands.add_parser("load", help="load staging for every date from history_start to DATE")
     load.add_argument("date", type=_date)
     backfill = commands.add_parser("backfill", help="the whole chain for every date from FROM to TO")
@@ -264,6 +256,14 @@ def parse_args(argv):
             help="Luigi's log on the terminal too (or LOG_LEVEL=debug)",
         )
     for command in (run_etl, load, backfill):
+        command.add_argument(
+            "--force",
+            nargs="?",
+            const="1",
+            default=False,
+            type=_switch("FORCE"),
+            help="reload DATE from the source, rebuild reports from it on (run-etl only)",
+        )
         command.add_argument(
             "--allow-future",
             nargs="?",
@@ -294,6 +294,12 @@ def parse_args(argv):
         args.arguments = unknown + args.arguments
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command in ("load", "backfill") and args.force:
+        # make passes FORCE to them too: ignored, it would look like a reprocess that did nothing
+        parser.error(
+            f"FORCE=1 reprocesses one date: make run-etl DATE=D FORCE=1, a date at a time (make {args.command}"
+            " does what is missing and leaves what is done)"
+        )
     return args
 
 

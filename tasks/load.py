@@ -17,7 +17,7 @@ import luigi
 import psycopg2
 from psycopg2 import errors
 
-from tasks import config, db, records, staging
+from tasks import config, console, db, records, staging
 from tasks.extract import DownloadEvents, DownloadOrganizations, SourceError, downloaded, source
 from tasks.partitions import PartitionDate, dates, previous_day
 
@@ -367,7 +367,9 @@ def load_partitions(dataset: staging.Dataset, days, route_by_day: bool, progress
                     outcomes = _load_group(conn, group, progress, date_index)
                 except (SourceError, records.SourceError) as err:
                     conn.rollback()
-                    outcomes = [SourceError(f"{', '.join(map(str, group_days))}: {err}")]
+                    # the task's FAILED line names its dates; which of them failed, when not all
+                    which = "" if len(by_objects) == 1 else f"{console.span(group_days)}: "
+                    outcomes = [SourceError(f"{which}{err}")]
                 finally:
                     group.close()
                 results += [o for o in outcomes if isinstance(o, Partition)]

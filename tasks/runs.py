@@ -226,6 +226,8 @@ def table(rows: list) -> str:
             f"{row['run_id']:>4}  {started:19}  {took:>8}  {row['status']:11}  {_number(row['rows_loaded']):>10}  "
             f"{_number(row['rejects']):>7}  {row['command']}"
         )
+        if row["status"] != "success":  # where to look for why (or how far it got)
+            lines.append(f"{'':>4}  log: {row['log_path']}")
     return "\n".join(lines)
 
 

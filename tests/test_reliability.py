@@ -325,7 +325,9 @@ def test_make_runs_shows_a_run_whose_process_is_gone_as_killed(database_url):
     running, _ = runs.start("run-etl 2024-01-02", day, day, "local scheduler", "running.log")  # this process
     statuses = {row["run_id"]: row["status"] for row in runs.recent()}
     assert statuses[killed] == "killed" and statuses[running] == "running"
-    assert runs.table(runs.recent()).splitlines()[2].split()[3:5] == ["?", "killed"]
+    printed = runs.table(runs.recent()).splitlines()
+    assert printed[3].split()[3:5] == ["?", "killed"]  # after the running one and its log
+    assert printed[4].split() == ["log:", "killed.log"]  # where a failed run's story is
 
 
 def test_a_run_holds_off_make_clean_past_the_server_idle_session_timeout(database_url):
@@ -541,12 +543,14 @@ def test_a_postgresql_that_stops_answering_fails_the_run_in_bounded_time(databas
 def test_a_broken_object_fails_with_a_message_naming_its_key(database_url, source, settings, name, content, message):
     settings("source", events_key=name)
     (source / name).write_bytes(content)
-    result = run_cli("load", "2024-01-01")
+    result = run_cli("load", D3.isoformat())
     assert result.returncode == 30
     output = result.stdout + result.stderr
     assert name in output and message in output
     assert "COPY" not in output  # the source's own message, not the database's text around it
-    assert staging.EVENTS.ledger.done([D1]) == set()
+    assert staging.EVENTS.ledger.done([D1, D2, D3]) == set()
+    # the dates once, as the task's: the line said each of them again (121 on the sample)
+    assert f"FAILED LoadEvents {D1} … {D3} (3 dates): {name}: " in result.stdout
 
 
 def test_a_body_cut_short_by_s3_names_the_object(database_url, s3_bucket, s3_server, monkeypatch):
@@ -585,6 +589,9 @@ def test_a_body_cut_short_by_s3_names_the_object(database_url, s3_bucket, s3_ser
         (["run-etl", "2099-12-31"], {}, "is in the future"),
         (["backfill", "2024-03-02", "2024-03-01"], {}, "did you mean FROM=2024-03-01 TO=2024-03-02"),
         (["run-etl", "2024-04-30", "--force", "Y"], {}, "FORCE must be 1"),
+        # make passes FORCE to backfill and load too; they ignored it, as if the range were reprocessed
+        (["backfill", "2024-03-01", "2024-03-02", "--force", "1"], {}, "FORCE=1 reprocesses one date: make run-etl"),
+        (["load", "2024-03-01", "--force"], {}, "FORCE=1 reprocesses one date: make run-etl DATE=D FORCE=1"),
         # Luigi writes year 999 as '999-01-01', and cannot read that back
         (["run-etl", "2024-04-30"], {"ETL_HISTORY_START": "0999-01-01"}, "must be from 1000-01-01 to 9999-12-30"),
         # dbt's artifacts would go into the project's dbt/, and `make clean` would remove it
@@ -596,6 +603,14 @@ def test_input_mistakes_get_one_line(arguments, env, message):
     result = run_cli(*arguments, env=env)
     assert result.returncode == 2
     assert message in result.stderr and result.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize("target", [["backfill", "FROM=2024-03-01", "TO=2024-03-02"], ["load", "DATE=2024-03-01"]])
+def test_make_hands_force_to_backfill_and_load_which_refuse_it(target):
+    # make passed FORCE to run-etl only: `make backfill … FORCE=1` ran as a plain backfill
+    result = subprocess.run(["make", "-n", *target, "FORCE=1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    (line,) = [line for line in result.stdout.splitlines() if f"-m tasks {target[0]} " in line]
+    assert line.endswith('--force "1"')
 
 
 def test_a_command_run_outside_the_project_folder_is_refused(tmp_path):
