@@ -114,6 +114,8 @@ class _Group:
         self.rejects = Spool()
         self._first_seen = {}  # _check_unique's values seen, by the day routed to (None: every day)
         self._writers = {}  # (table, partition date, source key) -> row function bound to that origin
+        self.history_start = config.history_start()
+        self.before_start = {}  # source key -> lines dated before history_start, which no load takes
 
     def blocks(self):
         """(partition, source key, valid lines) for every block of the source and every partition
@@ -146,6 +148,8 @@ class _Group:
             targets = self._targets(line)
             if targets:
                 line = self._check_unique(key, line)
+            elif line.day is not None and line.day < self.history_start:
+                self.before_start[key] = self.before_start.get(key, 0) + 1
             for partition in targets:
                 if line.reason is None:
                     partition.rows += 1
@@ -372,6 +376,12 @@ def load_partitions(dataset: staging.Dataset, days, route_by_day: bool, progress
                     outcomes = [SourceError(f"{which}{err}")]
                 finally:
                     group.close()
+                for key, count in group.before_start.items():
+                    # not bad input, yet not loaded by any run: an early history_start should not hide it
+                    console.say(
+                        f"{key}: {count:,} line(s) dated before history_start {group.history_start} are not loaded"
+                        " (ETL_HISTORY_START, [etl] history_start)"
+                    )
                 results += [o for o in outcomes if isinstance(o, Partition)]
                 failures += [o for o in outcomes if isinstance(o, Exception)]
     finally:

@@ -105,6 +105,20 @@ def test_one_file_layout_exact_counts_and_rejects(database_url, one_file_source)
     assert ledger() == [(D1, 2, 2), (D2, 2, 3), (D3, 1, 4)]
 
 
+def test_lines_dated_before_history_start_are_named_not_loaded(database_url, one_file_source):
+    # A later history_start than the data's first day dropped its earlier lines without a word.
+    with open(one_file_source / "events_sample.json", "a") as out:
+        out.write(
+            '{"id": "e0", "event_type": "user_created", "user_id": "u0", "received_at": "2023-12-31T10:00:00Z"}\n'
+        )
+        out.write('{"id": "e00", "received_at": "2023-12-31T11:00:00Z"}\n')  # a reject of that day: not recorded
+    result = run_cli("load", D3.isoformat())
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    message = f"events_sample.json: 2 line(s) dated before history_start {D1} are not loaded (ETL_HISTORY_START"
+    assert result.stdout.count(message) == 1
+    assert partition_counts("staging.event") == {D1: 2, D2: 2, D3: 1}
+
+
 def test_a_one_file_object_is_read_once_for_every_date(database_url, one_file_source, monkeypatch):
     opened = []
     real_open = extract.Source.open
