@@ -138,8 +138,16 @@ def lost_by(error) -> bool:
 def lost(error: Exception) -> str:
     """The line for a run or worker that lost luigid (lost_by)."""
     host, port = address()
+    sub = getattr(error, "sub_exception", None)
+    cause = str(sub or error)
+    if isinstance(error, json.JSONDecodeError):
+        cause = f"what answers there is not luigid (its reply is not JSON: {error})"
+    elif getattr(sub, "response", None) is not None:  # an HTTP error status: a server, not luigid
+        cause = f"what answers there is not luigid ({sub})"
+    # requests words a refused connection as a pool's repr around the one part that matters
+    errno = re.search(r"\[Errno -?\d+\][^'\")]*", cause)
     return (
-        f"lost luigid at http://{host}:{port}: {_cause(error)}. What committed stays; "
+        f"lost luigid at http://{host}:{port}: {errno.group(0) if errno else cause}. What committed stays; "
         "once luigid answers again (make luigid), run the same command again"
     )
 
@@ -159,18 +167,6 @@ def unanswered() -> str | None:
         f"luigid at http://{host}:{port} does not answer: Luigi's client tries each request"
         f" {tries} times, {wait} s apart ([core] rpc_retry_attempts, rpc_retry_wait) before this gives up (exit 35)"
     )
-
-
-def _cause(error: Exception) -> str:
-    sub = getattr(error, "sub_exception", None)
-    cause = str(sub or error)
-    if isinstance(error, json.JSONDecodeError):
-        return f"what answers there is not luigid (its reply is not JSON: {error})"
-    if getattr(sub, "response", None) is not None:  # an HTTP error status: a server, not luigid
-        return f"what answers there is not luigid ({sub})"
-    # requests words a refused connection as a pool's repr around the one part that matters
-    errno = re.search(r"\[Errno -?\d+\][^'\")]*", cause)
-    return errno.group(0) if errno else cause
 
 
 def disabled(task_ids) -> list:
