@@ -373,6 +373,9 @@ def load_partitions(dataset: staging.Dataset, days, route_by_day: bool, progress
                     conn.rollback()
                     # the task's FAILED line names its dates; which of them failed, when not all
                     which = "" if len(by_objects) == 1 else f"{console.span(group_days)}: "
+                    if isinstance(err, records.SourceError):  # the object's bytes: the landed copy is no use
+                        end = " " if str(err).endswith("?") else ". "
+                        err = f"{err}{end}Once it is fixed at the source: make run-etl DATE={group_days[-1]} FORCE=1"
                     outcomes = [SourceError(f"{which}{err}")]
                 finally:
                     group.close()

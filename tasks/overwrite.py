@@ -1,11 +1,12 @@
 """Forced reprocessing (`FORCE=1`): make date D, and every existing report after it, incomplete again.
 
-Reads and removes completion records: D's download and partition-ledger rows, and the build and
-report records of D and of every later date that has a build or a report (each saw partition D); and
-this machine's report files of those dates, so that a run that fails leaves no report its records
-no longer vouch for. Writes those dates to `etl.outdated_report`, which keeps them after the records
-are gone: a run that is killed before it rebuilt them leaves them there for the next. No data is
-deleted here: the same run reloads D in one transaction and rebuilds those reports.
+Reads and removes completion records: D's download (and that of every date not loaded whose
+objects are D's) and partition-ledger rows, and the build and report records of D and of every
+later date that has a build or a report (each saw partition D); and this machine's report files of
+those dates, so that a run that fails leaves no report its records no longer vouch for. Writes
+those dates to `etl.outdated_report`, which keeps them after the records are gone: a run that is
+killed before it rebuilt them leaves them there for the next. No data is deleted here: the same
+run reloads D in one transaction and rebuilds those reports.
 """
 
 from tasks import completion, db, export, staging
@@ -19,7 +20,21 @@ def invalidate(date) -> tuple:
         completion.ensure_tables(cur)
         staging.ensure_tables(conn)
         for dataset in staging.DATASETS:
-            cur.execute("delete from etl.download where dataset = %s and partition_date = %s", (dataset.name, date))
+            # With D's download goes that of every date not loaded that shares D's objects (a one-file
+            # source, a list of organizations): their loads would read the copy D's download replaces,
+            # or, run before it, the old one, and fail again on the object that was fixed.
+            cur.execute(
+                f"""
+                delete from etl.download as other
+                using etl.download as forced
+                where forced.dataset = %(dataset)s and forced.partition_date = %(date)s
+                    and other.dataset = forced.dataset and other.objects = forced.objects
+                    and (other.partition_date = forced.partition_date or not exists (
+                        select from {dataset.ledger_table} as loaded where loaded.partition_date = other.partition_date
+                    ))
+                """,
+                {"dataset": dataset.name, "date": date},
+            )
             cur.execute(f"delete from {dataset.ledger_table} where partition_date = %s returning 1", (date,))
             if cur.fetchall():
                 done.append(f"{dataset.table.name} {date} will be reloaded from the source")

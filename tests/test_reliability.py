@@ -553,6 +553,24 @@ def test_a_broken_object_fails_with_a_message_naming_its_key(database_url, sourc
     assert f"FAILED LoadEvents {D1} … {D3} (3 dates): {name}: " in result.stdout
 
 
+def test_a_fixed_one_file_object_is_reloaded_for_every_date_by_one_forced_run(database_url, source, settings):
+    # A truncated .gz failed the loads of every date. Once it was fixed, FORCE=1 of the last date
+    # downloaded that date again, but the other dates' loads read the copy their own downloads had
+    # landed (the broken one, or the new one if they ran after): a second, plain run was needed.
+    name = "events_sample.json.gz"
+    settings("source", events_key=name)
+    lines = b"".join(json.dumps(event(n, f"2024-01-0{n % 3 + 1}T10:00:00Z")).encode() + b"\n" for n in range(300))
+    (source / name).write_bytes(gzip.compress(lines, mtime=0)[:-30])
+    failed = run_cli("run-etl", D3.isoformat())
+    assert failed.returncode == 30
+    assert f"make run-etl DATE={D3} FORCE=1" in failed.stdout
+    (source / name).write_bytes(gzip.compress(lines, mtime=0))
+    fixed = run_cli("run-etl", D3.isoformat(), "--force")
+    assert fixed.returncode == 0, fixed.stdout[-3000:] + fixed.stderr[-2000:]
+    assert staging.EVENTS.ledger.done([D1, D2, D3]) == {D1, D2, D3}
+    assert query("select count(*) from staging.event") == [(300,)]
+
+
 def test_a_body_cut_short_by_s3_names_the_object(database_url, s3_bucket, s3_server, monkeypatch):
     client, bucket = s3_bucket
     client.put_object(
