@@ -78,40 +78,12 @@ def _waiting(task):
 def summary(days, started_at) -> dict:
     """What the run loaded and built for its dates, from the records in PostgreSQL: the partitions
     up to its last date loaded since it started (a run that loads dates up to D reads no later
-    ones; one running beside it may have loaded some of the same, which both then count)."""
+    ones; one running beside it may have loaded some of the same, which both then count). The
+    events' figures at the top (etl.run records them), the organizations' under "organizations"."""
     with db.transaction() as conn, conn.cursor() as cur:
-        has_ledger, has_builds = db.exists(cur, "staging.event_partition"), db.exists(cur, "etl.build")
-        result = {"rows": 0, "rejects": 0, "loaded": 0, "empty": [], "refused": [], "dbt": None}
-        if has_ledger:
-            cur.execute(
-                f"""
-                select partition_date, row_count, reject_count from {staging.EVENTS.ledger_table}
-                where loaded_at >= %s and partition_date <= %s order by partition_date
-                """,
-                (started_at, max(days)),
-            )
-            loaded = cur.fetchall()
-            # A line whose day cannot be read is a reject of every partition: count each line once.
-            cur.execute(
-                f"select count(distinct (source_key, line_number)) from {staging.EVENTS.rejected.name}"
-                " where date = any(%s)",
-                ([row[0] for row in loaded],),
-            )
-            result.update(
-                loaded=len(loaded),
-                rows=sum(row[1] for row in loaded),
-                rejects=cur.fetchone()[0],
-                empty=[row[0] for row in loaded if row[1] == 0],
-            )
-            # Rejects of a date with no ledger row: a load found too many and committed only them.
-            cur.execute(
-                f"select date, count(distinct (source_key, line_number)) from {staging.EVENTS.rejected.name} as bad"
-                f" where date <= %s and not exists (select from {staging.EVENTS.ledger_table}"
-                " where partition_date = bad.date) group by date order by date",
-                (max(days),),
-            )
-            result["refused"] = cur.fetchall()
-        if has_builds:
+        result = {**_loads(cur, staging.EVENTS, started_at, max(days)), "dbt": None}
+        result["organizations"] = _loads(cur, staging.ORGANIZATIONS, started_at, max(days))
+        if db.exists(cur, "etl.build"):
             # every date of a build carries the same results: one per build
             cur.execute(
                 "select distinct built_at, results from etl.build where built_at >= %s and results is not null",
@@ -129,6 +101,42 @@ def summary(days, started_at) -> dict:
     return result
 
 
+def _loads(cur, dataset, started_at, last) -> dict:
+    """One dataset's partitions up to `last` loaded since `started_at`, their rows and rejected
+    lines, those without rows, and the dates whose rejects are stored without a load."""
+    result = {"rows": 0, "rejects": 0, "loaded": 0, "empty": [], "refused": []}
+    if not db.exists(cur, dataset.ledger_table):
+        return result
+    cur.execute(
+        f"""
+        select partition_date, row_count, reject_count from {dataset.ledger_table}
+        where loaded_at >= %s and partition_date <= %s order by partition_date
+        """,
+        (started_at, last),
+    )
+    loaded = cur.fetchall()
+    # A line whose day cannot be read is a reject of every partition: count each line once.
+    cur.execute(
+        f"select count(distinct (source_key, line_number)) from {dataset.rejected.name} where date = any(%s)",
+        ([row[0] for row in loaded],),
+    )
+    result.update(
+        loaded=len(loaded),
+        rows=sum(row[1] for row in loaded),
+        rejects=cur.fetchone()[0],
+        empty=[row[0] for row in loaded if row[1] == 0],
+    )
+    # Rejects of a date with no ledger row: a load found too many and committed only them.
+    cur.execute(
+        f"select date, count(distinct (source_key, line_number)) from {dataset.rejected.name} as bad"
+        f" where date <= %s and not exists (select from {dataset.ledger_table}"
+        " where partition_date = bad.date) group by date order by date",
+        (last,),
+    )
+    result["refused"] = cur.fetchall()
+    return result
+
+
 def plan(first, last) -> None:
     """Say how many dates the run has to load."""
     days = config.dates_between(config.history_start(), last)
@@ -140,24 +148,26 @@ def plan(first, last) -> None:
 def print_summary(result: dict, days, outcome: str, reports) -> None:
     took = time.monotonic() - _run["started"]
     say(f"{outcome} in {took:.1f} s.")
+    organizations = result["organizations"]
     if result["loaded"]:
-        say(
-            f"  loaded {result['loaded']} date(s) of events: {_count(result['rows'])} rows, "
-            f"{_count(result['rejects'])} rejected lines"
-            + (" (select * from staging.event_rejected order by date, line_number)" if result["rejects"] else "")
-        )
+        say(_loaded_line(staging.EVENTS, "events", result))
         if result["empty"]:
             shown = ", ".join(map(str, result["empty"][:5])) + (" …" if len(result["empty"]) > 5 else "")
             say(f"  no events in the source for {len(result['empty'])} date(s): {shown}")
-    elif outcome == "done":
+    elif outcome == "done" and not organizations["loaded"]:
         say("  nothing to load: every partition was already loaded")
-    if result["refused"]:
-        # Over max_reject_ratio, or a reload (FORCE=1) that failed otherwise: the FAILED lines say which.
-        shown = ", ".join(
-            f"{day} ({_count(count)} rejected line{'' if count == 1 else 's'})" for day, count in result["refused"][:5]
-        )
-        more = f" and {len(result['refused']) - 5} more dates" if len(result["refused"]) > 5 else ""
-        say(f"  not loaded: {shown}{more}, in {staging.EVENTS.rejected.name}; the FAILED lines above say why")
+    # The organizations go with every date unremarked, unless they had bad lines or came alone.
+    if organizations["rejects"] or (organizations["loaded"] and not result["loaded"]):
+        say(_loaded_line(staging.ORGANIZATIONS, "organizations", organizations))
+    for dataset, loads in ((staging.EVENTS, result), (staging.ORGANIZATIONS, organizations)):
+        if loads["refused"]:
+            # Over max_reject_ratio, or a reload (FORCE=1) that failed otherwise: the FAILED lines say which.
+            shown = ", ".join(
+                f"{day} ({_count(count)} rejected line{'' if count == 1 else 's'})"
+                for day, count in loads["refused"][:5]
+            )
+            more = f" and {len(loads['refused']) - 5} more dates" if len(loads["refused"]) > 5 else ""
+            say(f"  not loaded: {shown}{more}, in {dataset.rejected.name}; the FAILED lines above say why")
     if result["dbt"]:
         statuses = ", ".join(f"{count} {name.upper()}" for name, count in sorted(result["dbt"]["statuses"].items()))
         say(f"  dbt: {statuses}")
@@ -165,6 +175,14 @@ def print_summary(result: dict, days, outcome: str, reports) -> None:
     for path, rows in reports:
         say(f"  report {path} ({rows} rows; heatmap .png and .svg beside it)")
     say(f"  log: {_run['log']}")
+
+
+def _loaded_line(dataset, name: str, loads: dict) -> str:
+    where = f" (select * from {dataset.rejected.name} order by date, line_number)" if loads["rejects"] else ""
+    return (
+        f"  loaded {loads['loaded']} date(s) of {name}: {_count(loads['rows'])} rows, "
+        f"{_count(loads['rejects'])} rejected lines{where}"
+    )
 
 
 def dbt_warnings(warnings: list) -> None:

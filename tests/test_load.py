@@ -337,6 +337,30 @@ def test_a_run_summary_counts_no_partition_after_its_last_date(database_url, dai
     assert (summary["loaded"], summary["rows"]) == (2, 2)
 
 
+def test_a_run_summary_names_the_organizations_bad_lines(database_url, daily_source, settings):
+    # The summary counted events only: "0 rejected lines" with organization rejects stored, and
+    # "nothing to load" after a run that loaded the organizations alone.
+    for day in (D1, D2):
+        write_lines(daily_source / f"events/date={day}/part-0.json", [event(day.day, f"{day}T10:00:00Z")])
+    orgs = [{"organization_key": f"o{n}"} for n in range(10)]
+    write_lines(daily_source / "orgs.json", [*orgs, {"organization_key": "o1"}])  # line 11: a second o1
+    refused = run_cli("load", D2.isoformat())
+    assert refused.returncode == 30
+    assert "  loaded 2 date(s) of events: 2 rows, 0 rejected lines\n" in refused.stdout
+    assert (
+        f"  not loaded: {D1} (1 rejected line), {D2} (1 rejected line), in staging.organization_rejected;"
+        in refused.stdout
+    )
+    settings("etl", max_reject_ratio=0.2)
+    alone = run_cli("load", D2.isoformat())
+    assert alone.returncode == 0, alone.stdout[-2000:] + alone.stderr[-2000:]
+    assert (
+        "  loaded 2 date(s) of organizations: 20 rows, 1 rejected lines"
+        " (select * from staging.organization_rejected order by date, line_number)\n" in alone.stdout
+    )
+    assert "nothing to load" not in alone.stdout
+
+
 def test_missing_one_file_source_fails_with_a_clear_message(database_url, tmp_path, monkeypatch):
     monkeypatch.setenv("ETL_SOURCE_URL", str(tmp_path / "nowhere"))
     monkeypatch.setenv("ETL_HISTORY_START", D1.isoformat())
