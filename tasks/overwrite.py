@@ -1,12 +1,12 @@
 """Forced reprocessing (`FORCE=1`): make date D, and every existing report after it, incomplete again.
 
-Reads and removes completion records: D's download (and that of every date not loaded whose
-objects are D's) and partition-ledger rows, and the build and report records of D and of every
-later date that has a build or a report (each saw partition D); and this machine's report files of
-those dates, so that a run that fails leaves no report its records no longer vouch for. Writes
-those dates to `etl.outdated_report`, which keeps them after the records are gone: a run that is
-killed before it rebuilt them leaves them there for the next. No data is deleted here: the same
-run reloads D in one transaction and rebuilds those reports.
+Reads and removes completion records: D's download (and that of every earlier date not loaded whose
+objects are D's) and partition-ledger rows, and the build and report records of D and of every later
+date that has a build or a report (each saw partition D); and this machine's report files of those
+dates, so that a run that fails leaves no report its records no longer vouch for. Writes those dates
+to `etl.outdated_report`, which keeps them after the records are gone: a run that is killed before
+it rebuilt them leaves them there for the next. No data is deleted here: the same run reloads D in
+one transaction and rebuilds those reports.
 """
 
 from tasks import completion, db, export, staging
@@ -20,15 +20,17 @@ def invalidate(date) -> tuple:
         completion.ensure_tables(cur)
         staging.ensure_tables(conn)
         for dataset in staging.DATASETS:
-            # With D's download goes that of every date not loaded that shares D's objects (a one-file
-            # source, a list of organizations): their loads would read the copy D's download replaces,
-            # or, run before it, the old one, and fail again on the object that was fixed.
+            # With D's download goes that of every earlier date not loaded that shares D's objects (a
+            # one-file source, a list of organizations): their loads would read the copy D's download
+            # replaces, or, run before it, the old one, and fail again on the object that was fixed.
+            # Not later dates: another run (the next day's) may be about to load them from theirs.
             cur.execute(
                 f"""
                 delete from etl.download as other
                 using etl.download as forced
                 where forced.dataset = %(dataset)s and forced.partition_date = %(date)s
                     and other.dataset = forced.dataset and other.objects = forced.objects
+                    and other.partition_date <= forced.partition_date
                     and (other.partition_date = forced.partition_date or not exists (
                         select from {dataset.ledger_table} as loaded where loaded.partition_date = other.partition_date
                     ))
