@@ -356,7 +356,11 @@ def downloaded(dataset: str, days) -> dict:
         found = {day: tuple(SourceObject(**obj) for obj in objects) for day, objects in cur.fetchall()}
     missing = sorted(set(days) - set(found))
     if missing:
-        raise SourceError(f"no download recorded for {dataset} {', '.join(map(str, missing))}")
+        # etl.download loses rows only to a forced run (tasks/overwrite.py), which downloads them again
+        raise SourceError(
+            f"no download recorded for {dataset} {console.span(missing)}: a FORCE=1 run removed it after this"
+            " run's download, to download it again; run this command again"
+        )
     return found
 
 

@@ -164,8 +164,8 @@ def unanswered() -> str | None:
         return None
     host, port = address()
     return (
-        f"luigid at http://{host}:{port} does not answer: Luigi's client tries each request"
-        f" {tries} times, {wait} s apart ([core] rpc_retry_attempts, rpc_retry_wait) before this gives up (exit 35)"
+        f"luigid at http://{host}:{port} did not answer: Luigi's client tries each request {tries} times, {wait} s"
+        " apart ([core] rpc_retry_attempts, rpc_retry_wait); should every try fail, this gives up (exit 35)"
     )
 
 

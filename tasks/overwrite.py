@@ -9,7 +9,7 @@ it rebuilt them leaves them there for the next. No data is deleted here: the sam
 one transaction and rebuilds those reports.
 """
 
-from tasks import completion, db, export, staging
+from tasks import completion, console, db, export, staging
 
 
 def invalidate(date) -> tuple:
@@ -23,7 +23,8 @@ def invalidate(date) -> tuple:
             # With D's download goes that of every earlier date not loaded that shares D's objects (a
             # one-file source, a list of organizations): their loads would read the copy D's download
             # replaces, or, run before it, the old one, and fail again on the object that was fixed.
-            # Not later dates: another run (the next day's) may be about to load them from theirs.
+            # Not later dates: the next day's run may be about to load them. (A run whose download
+            # went this way says so, and is run again: extract.downloaded.)
             cur.execute(
                 f"""
                 delete from etl.download as other
@@ -34,9 +35,14 @@ def invalidate(date) -> tuple:
                     and (other.partition_date = forced.partition_date or not exists (
                         select from {dataset.ledger_table} as loaded where loaded.partition_date = other.partition_date
                     ))
+                returning other.partition_date
                 """,
                 {"dataset": dataset.name, "date": date},
             )
+            with_it = sorted(day for (day,) in cur.fetchall() if day != date)
+            if with_it:
+                again = console.span(with_it)
+                done.append(f"{dataset.name} of {again} will be downloaded again with it (not loaded, same objects)")
             cur.execute(f"delete from {dataset.ledger_table} where partition_date = %s returning 1", (date,))
             if cur.fetchall():
                 done.append(f"{dataset.table.name} {date} will be reloaded from the source")

@@ -305,6 +305,19 @@ def download(days):
     assert run(*(extract.DownloadEvents(day) for day in days)).status == luigi.LuigiStatusCode.SUCCESS
 
 
+def test_a_load_whose_download_a_forced_run_took_says_so(database_url, one_file_source):
+    # FORCE=1 of D3 downloads the earlier dates not loaded with it (same objects): a run that had
+    # downloaded them and was about to load them finds no download recorded
+    download([D1, D2, D3])
+    overwrite.invalidate(D3)
+    with pytest.raises(extract.SourceError) as failed:
+        load_partitions(EVENTS, [D1, D2], route_by_day=True)
+    assert str(failed.value) == (
+        f"no download recorded for events {D1} … {D2} (2 dates): a FORCE=1 run removed it after this run's"
+        " download, to download it again; run this command again"
+    )
+
+
 def test_over_the_reject_ratio_the_partition_fails_but_rejects_stay(database_url, daily_source, settings):
     lines = [event(n, "2024-01-01T10:00:00Z") for n in range(1, 9)] + [b"oops", {"id": "x"}]
     write_lines(daily_source / "events/date=2024-01-01/part-0.json", lines)

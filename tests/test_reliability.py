@@ -567,6 +567,9 @@ def test_a_fixed_one_file_object_is_reloaded_for_every_date_by_one_forced_run(da
     (source / name).write_bytes(gzip.compress(lines, mtime=0))
     fixed = run_cli("run-etl", D3.isoformat(), "--force")
     assert fixed.returncode == 0, fixed.stdout[-3000:] + fixed.stderr[-2000:]
+    assert (
+        f"events of {D1} … {D2} (2 dates) will be downloaded again with it (not loaded, same objects)" in fixed.stdout
+    )
     assert staging.EVENTS.ledger.done([D1, D2, D3]) == {D1, D2, D3}
     assert query("select count(*) from staging.event") == [(300,)]
 
@@ -624,8 +627,9 @@ def test_input_mistakes_get_one_line(arguments, env, message):
 
 
 @pytest.mark.parametrize("target", [["backfill", "FROM=2024-03-01", "TO=2024-03-02"], ["load", "DATE=2024-03-01"]])
-def test_make_hands_force_to_backfill_and_load_which_refuse_it(target):
-    # make passed FORCE to run-etl only: `make backfill … FORCE=1` ran as a plain backfill
+def test_make_hands_force_to_backfill_and_load(target):
+    # make passed FORCE to run-etl only: `make backfill … FORCE=1` ran as a plain backfill (they
+    # refuse it: test_input_mistakes_get_one_line)
     result = subprocess.run(["make", "-n", *target, "FORCE=1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     (line,) = [line for line in result.stdout.splitlines() if f"-m tasks {target[0]} " in line]
     assert line.endswith('--force "1"')

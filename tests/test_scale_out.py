@@ -344,7 +344,7 @@ def test_a_worker_waiting_out_luigis_retries_says_so_once(database_url, settings
             worker.kill()
     assert worker.returncode == 35, output[-2000:] + errors[-2000:]
     lines = output.splitlines()
-    (waiting,) = [n for n, line in enumerate(lines) if line.startswith(f"luigid at http://localhost:{port} does not")]
+    (waiting,) = [n for n, line in enumerate(lines) if line.startswith(f"luigid at http://localhost:{port} did not")]
     (lost,) = [n for n, line in enumerate(lines) if line.startswith(f"error: lost luigid at http://localhost:{port}")]
     assert waiting < lost
     assert "tries each request 3 times, 1 s apart ([core] rpc_retry_attempts, rpc_retry_wait)" in lines[waiting]
