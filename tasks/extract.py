@@ -111,9 +111,26 @@ class Source:
             )
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                self._check_bucket()  # a HEAD of a key in no bucket is a 404 too
                 return None
             raise
         return response["ContentLength"]
+
+    def _check_bucket(self) -> None:
+        """Raise when the bucket itself is missing. Any other answer (no right to ask, an endpoint
+        that stopped answering) leaves the key's own 404 to say "not found"."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client().head_bucket(Bucket=self.bucket)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
+                raise SourceError(
+                    f"bucket {self.bucket!r} not found (endpoint {self._client().meta.endpoint_url}):"
+                    " check [source] url / ETL_SOURCE_URL"
+                ) from None
+        except BotoCoreError:
+            pass
 
     def _s3_key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key

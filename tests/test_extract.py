@@ -84,6 +84,13 @@ def test_missing_object_has_no_size(s3_bucket):
     assert extract.Source(f"s3://{bucket}").objects("nothing.json") == []
 
 
+def test_a_missing_bucket_is_named_as_such(s3_bucket):
+    # a HEAD of a key in a bucket that does not exist is a 404 as for a missing key: "check the key"
+    _, bucket = s3_bucket
+    with pytest.raises(extract.SourceError, match=f"^bucket '{bucket}x' not found \\(endpoint http://"):
+        extract.Source(f"s3://{bucket}x").objects("events.json")
+
+
 def test_a_short_copy_leaves_no_file(tmp_path, monkeypatch):
     source = tmp_path / "source"
     source.mkdir()
