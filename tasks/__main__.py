@@ -229,6 +229,11 @@ def _switch(name):
     return parse
 
 
+def _add_switch(parser, flag: str, name: str, help: str) -> None:
+    """An option for make variable `name` (make passes `flag VALUE`): alone or 1/yes/true is on."""
+    parser.add_argument(flag, nargs="?", const="1", default=False, type=_switch(name), help=help)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         # One line, no usage block: `make run-etl DATE=2024-13-01` should say what is wrong and stop.
@@ -256,31 +261,17 @@ def parse_args(argv):
             help="Luigi's log on the terminal too (or LOG_LEVEL=debug)",
         )
     for command in (run_etl, load, backfill):
-        command.add_argument(
-            "--force",
-            nargs="?",
-            const="1",
-            default=False,
-            type=_switch("FORCE"),
-            help="reload DATE from the source, rebuild reports from it on (run-etl only)",
+        _add_switch(
+            command, "--force", "FORCE", "reload DATE from the source, rebuild reports from it on (run-etl only)"
         )
-        command.add_argument(
-            "--allow-future",
-            nargs="?",
-            const="1",
-            default=False,
-            type=_switch("FUTURE"),
-            help="accept dates after tomorrow (UTC)",
-        )
+        _add_switch(command, "--allow-future", "FUTURE", "accept dates after tomorrow (UTC)")
     commands.add_parser("db-url", help="print the database URL in use, password redacted")
     clean_parser = commands.add_parser("clean", help="stop luigid and the embedded server, drop what the pipeline made")
-    clean_parser.add_argument(
+    _add_switch(
+        clean_parser,
         "--drop-foreign",
-        nargs="?",
-        const="1",
-        default=False,
-        type=_switch("DROP_FOREIGN"),
-        help="also drop objects of others that depend on the pipeline's schemas",
+        "DROP_FOREIGN",
+        "also drop objects of others that depend on the pipeline's schemas",
     )
     commands.add_parser("luigid-start", help="start the central scheduler and web UI in the background")
     commands.add_parser("luigid-stop", help="stop the central scheduler this project started")

@@ -307,9 +307,11 @@ def test_a_run_after_luigid_restarts_finishes_what_a_lost_worker_ran(database_ur
     assert report.read_text() == cohort_oracle.report(list(cohort_oracle.daily_events(files)), day, first)
 
 
-def test_a_worker_that_loses_luigid_says_so_in_one_line(database_url, settings):
+def lose_luigid(settings, attempts: int) -> tuple:
+    """A `make worker` on a luigid that then stops, Luigi's client trying `attempts` times 1 s
+    apart: (luigid's port, the worker's exit code, its output, its errors)."""
     port = free_port()
-    settings("core", scheduler_host="localhost", scheduler_port=port, rpc_retry_attempts=1, rpc_retry_wait=1)
+    settings("core", scheduler_host="localhost", scheduler_port=port, rpc_retry_attempts=attempts, rpc_retry_wait=1)
     assert run_cli("luigid-start").returncode == 0
     worker = start_cli("worker", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -320,8 +322,13 @@ def test_a_worker_that_loses_luigid_says_so_in_one_line(database_url, settings):
         run_cli("luigid-stop")
         if worker.poll() is None:
             worker.kill()
+    return port, worker.returncode, output, errors
+
+
+def test_a_worker_that_loses_luigid_says_so_in_one_line(database_url, settings):
+    port, code, output, errors = lose_luigid(settings, attempts=1)
     # It was Luigi's traceback and exit 1: a scheduler that retries on scheduling_error now can.
-    assert worker.returncode == 35, output[-2000:] + errors[-2000:]
+    assert code == 35, output[-2000:] + errors[-2000:]
     # refused, or reset when luigid stopped during a request
     assert f"error: lost luigid at http://localhost:{port}: " in output and "Connection" in output
     assert "Traceback" not in errors and "UnconsumedParameterWarning" not in errors
@@ -330,19 +337,8 @@ def test_a_worker_that_loses_luigid_says_so_in_one_line(database_url, settings):
 def test_a_worker_waiting_out_luigis_retries_says_so_once(database_url, settings):
     # Luigi's client tries each request rpc_retry_attempts times (3, 30 s apart by default) before
     # the worker ends with "lost luigid": minutes in which the terminal said nothing.
-    port = free_port()
-    settings("core", scheduler_host="localhost", scheduler_port=port, rpc_retry_attempts=3, rpc_retry_wait=1)
-    assert run_cli("luigid-start").returncode == 0
-    worker = start_cli("worker", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: f"pid={worker.pid}" in worker_names(port) or worker.poll() is not None)
-        run_cli("luigid-stop")
-        output, errors = worker.communicate(timeout=120)
-    finally:
-        run_cli("luigid-stop")
-        if worker.poll() is None:
-            worker.kill()
-    assert worker.returncode == 35, output[-2000:] + errors[-2000:]
+    port, code, output, errors = lose_luigid(settings, attempts=3)
+    assert code == 35, output[-2000:] + errors[-2000:]
     lines = output.splitlines()
     (waiting,) = [n for n, line in enumerate(lines) if line.startswith(f"luigid at http://localhost:{port} did not")]
     (lost,) = [n for n, line in enumerate(lines) if line.startswith(f"error: lost luigid at http://localhost:{port}")]
