@@ -181,7 +181,7 @@ def _loaded_line(dataset, name: str, loads: dict) -> str:
     where = f" (select * from {dataset.rejected.name} order by date, line_number)" if loads["rejects"] else ""
     return (
         f"  loaded {loads['loaded']} date(s) of {name}: {_count(loads['rows'])} rows, "
-        f"{_count(loads['rejects'])} rejected lines{where}"
+        f"{_count(loads['rejects'])} rejected line{'' if loads['rejects'] == 1 else 's'}{where}"
     )
 
 

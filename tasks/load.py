@@ -341,8 +341,8 @@ def _ratio_message(dataset, keys, partition: Partition, limit: float) -> str:
         f"{dataset.table.name} {partition.date}: {partition.rejects} of {partition.lines_read} lines read from "
         f"{', '.join(keys)} are bad ({partition.rejects / partition.lines_read:.2%} "
         f"> max_reject_ratio {limit}); first bad lines: {first}. Every one is in {dataset.rejected.name}. "
-        f"Fix the source and reprocess the date (make run-etl DATE={partition.date} FORCE=1: a plain run"
-        " reads the download it recorded), or raise [etl] max_reject_ratio in luigi.cfg."
+        f"Fix the source and reprocess the date (make run-etl DATE={partition.date} FORCE=1, which takes the"
+        " earlier dates refused from the same source with it), or raise [etl] max_reject_ratio in luigi.cfg."
     )
 
 
@@ -370,6 +370,8 @@ def load_partitions(dataset: staging.Dataset, days, route_by_day: bool, progress
                 group = _Group(dataset, objects, [Partition(day, next(load_ids)) for day in group_days], route_by_day)
                 try:
                     outcomes = _load_group(conn, group, progress, date_index)
+                    for key, count in group.before_start.items():  # counted in a whole read only
+                        before_start[key] = max(before_start.get(key, 0), count)  # each group read every line
                 except (SourceError, records.SourceError) as err:
                     conn.rollback()
                     # the task's FAILED line names its dates; which of them failed, when not all
@@ -380,8 +382,6 @@ def load_partitions(dataset: staging.Dataset, days, route_by_day: bool, progress
                     outcomes = [SourceError(f"{which}{err}")]
                 finally:
                     group.close()
-                for key, count in group.before_start.items():
-                    before_start[key] = max(before_start.get(key, 0), count)  # each group read all its lines
                 results += [o for o in outcomes if isinstance(o, Partition)]
                 failures += [o for o in outcomes if isinstance(o, Exception)]
     finally:

@@ -1,7 +1,7 @@
 """Forced reprocessing (`FORCE=1`): make date D, and every existing report after it, incomplete again.
 
-Reads and removes completion records: D's download (and that of every earlier date not loaded whose
-objects are D's) and partition-ledger rows, and the build and report records of D and of every later
+Reads and removes completion records: D's download (and that of every earlier date not loaded that
+read D's keys) and partition-ledger rows, and the build and report records of D and of every later
 date that has a build or a report (each saw partition D); and this machine's report files of those
 dates, so that a run that fails leaves no report its records no longer vouch for. Writes those dates
 to `etl.outdated_report`, which keeps them after the records are gone: a run that is killed before
@@ -20,9 +20,10 @@ def invalidate(date) -> tuple:
         completion.ensure_tables(cur)
         staging.ensure_tables(conn)
         for dataset in staging.DATASETS:
-            # With D's download goes that of every earlier date not loaded that shares D's objects (a
-            # one-file source, a list of organizations): their loads would read the copy D's download
-            # replaces, or, run before it, the old one, and fail again on the object that was fixed.
+            # With D's download goes that of every earlier date not loaded that read the same keys (a
+            # one-file source, a list of organizations; their sizes may differ, the object grew between
+            # runs): their loads would read the copy D's download replaces, or, run before it, the old
+            # one, and fail again on the object that was fixed.
             # Not later dates: the next day's run may be about to load them. (A run whose download
             # went this way says so, and is run again: extract.downloaded.)
             cur.execute(
@@ -30,7 +31,9 @@ def invalidate(date) -> tuple:
                 delete from etl.download as other
                 using etl.download as forced
                 where forced.dataset = %(dataset)s and forced.partition_date = %(date)s
-                    and other.dataset = forced.dataset and other.objects = forced.objects
+                    and other.dataset = forced.dataset
+                    and jsonb_path_query_array(other.objects, '$[*].key')
+                        = jsonb_path_query_array(forced.objects, '$[*].key')
                     and other.partition_date <= forced.partition_date
                     and (other.partition_date = forced.partition_date or not exists (
                         select from {dataset.ledger_table} as loaded where loaded.partition_date = other.partition_date
@@ -42,7 +45,7 @@ def invalidate(date) -> tuple:
             with_it = sorted(day for (day,) in cur.fetchall() if day != date)
             if with_it:
                 again = console.span(with_it)
-                done.append(f"{dataset.name} of {again} will be downloaded again with it (not loaded, same objects)")
+                done.append(f"{dataset.name} of {again} will be downloaded again with it (not loaded, same keys)")
             cur.execute(f"delete from {dataset.ledger_table} where partition_date = %s returning 1", (date,))
             if cur.fetchall():
                 done.append(f"{dataset.table.name} {date} will be reloaded from the source")

@@ -368,7 +368,7 @@ def test_a_run_summary_names_the_organizations_bad_lines(database_url, daily_sou
     alone = run_cli("load", D2.isoformat())
     assert alone.returncode == 0, alone.stdout[-2000:] + alone.stderr[-2000:]
     assert (
-        "  loaded 2 date(s) of organizations: 20 rows, 1 rejected lines"
+        "  loaded 2 date(s) of organizations: 20 rows, 1 rejected line"
         " (select * from staging.organization_rejected order by date, line_number)\n" in alone.stdout
     )
     assert "nothing to load" not in alone.stdout

@@ -559,17 +559,22 @@ def test_a_fixed_one_file_object_is_reloaded_for_every_date_by_one_forced_run(da
     # landed (the broken one, or the new one if they ran after): a second, plain run was needed.
     name = "events_sample.json.gz"
     settings("source", events_key=name)
-    lines = b"".join(json.dumps(event(n, f"2024-01-0{n % 3 + 1}T10:00:00Z")).encode() + b"\n" for n in range(300))
+    # days 0 to 3: the lines of 2023-12-31 come before history_start
+    lines = b"".join(
+        json.dumps(event(n, f"{D1 + datetime.timedelta(n % 4 - 1)}T10:00:00Z")).encode() + b"\n" for n in range(400)
+    )
     (source / name).write_bytes(gzip.compress(lines, mtime=0)[:-30])
+    assert run_cli("run-etl", D2.isoformat()).returncode == 30
+    (source / name).write_bytes(gzip.compress(lines, mtime=0)[:-20])  # grown, still cut: D3's download differs
     failed = run_cli("run-etl", D3.isoformat())
     assert failed.returncode == 30
     assert f"make run-etl DATE={D3} FORCE=1" in failed.stdout
+    assert "before history_start" not in failed.stdout  # a count of part of the file would be false
     (source / name).write_bytes(gzip.compress(lines, mtime=0))
     fixed = run_cli("run-etl", D3.isoformat(), "--force")
     assert fixed.returncode == 0, fixed.stdout[-3000:] + fixed.stderr[-2000:]
-    assert (
-        f"events of {D1} … {D2} (2 dates) will be downloaded again with it (not loaded, same objects)" in fixed.stdout
-    )
+    assert f"{name}: 100 line(s) dated before history_start {D1} are not loaded" in fixed.stdout
+    assert f"events of {D1} … {D2} (2 dates) will be downloaded again with it (not loaded, same keys)" in fixed.stdout
     assert staging.EVENTS.ledger.done([D1, D2, D3]) == {D1, D2, D3}
     assert query("select count(*) from staging.event") == [(300,)]
 
