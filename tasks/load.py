@@ -11,7 +11,7 @@ load's completion record.
 
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import luigi
 import psycopg2
@@ -28,6 +28,10 @@ SUMMARIZE_ROWS = 5000  # about one range of a BRIN index (128 pages) of events; 
 
 class RejectRatioExceeded(Exception):
     """Too many bad lines: the partition's good rows are not loaded, its rejects are recorded."""
+
+
+class DownloadReplaced(Exception):
+    """A partition's download changed while the load read it: the run that changed it loads it."""
 
 
 class LoadFailed(Exception):
@@ -283,6 +287,18 @@ def _commit(conn, group: _Group, partition: Partition, rows, progress):
             if cur.fetchone()[0]:
                 partition.skipped = True  # another run loaded it while this one waited for the lock
                 return partition
+            # Under the lock a forced run takes to remove downloads (tasks/overwrite.py): rows read from
+            # a download it replaced would be committed as current, and its own load would skip them.
+            cur.execute(
+                "select objects from etl.download where dataset = %s and partition_date = %s",
+                (dataset.name, partition.date),
+            )
+            recorded = cur.fetchone()
+            if recorded is None or recorded[0] != [asdict(obj) for obj in group.objects]:
+                return DownloadReplaced(
+                    f"{dataset.table.name} {partition.date}: its download was replaced while this run read it (a"
+                    " FORCE=1 run, which loads it itself); nothing of it is committed here: run this command again"
+                )
             # Through the date indexes, whatever the statistics say: before autovacuum has analysed a
             # new table (a first run), the planner reads all of it for each date (_DateIndex).
             cur.execute(

@@ -26,21 +26,29 @@ def invalidate(date) -> tuple:
             # one, and fail again on the object that was fixed.
             # Not later dates: the next day's run may be about to load them. (A run whose download
             # went this way says so, and is run again: extract.downloaded.)
+            taken = f"""
+                forced.dataset = %(dataset)s and forced.partition_date = %(date)s
+                and other.dataset = forced.dataset
+                and jsonb_path_query_array(other.objects, '$[*].key')
+                    = jsonb_path_query_array(forced.objects, '$[*].key')
+                and other.partition_date <= forced.partition_date
+                and (other.partition_date = forced.partition_date or not exists (
+                    select from {dataset.ledger_table} as loaded where loaded.partition_date = other.partition_date
+                ))
+            """
+            params = {"dataset": dataset.name, "date": date}
             cur.execute(
-                f"""
-                delete from etl.download as other
-                using etl.download as forced
-                where forced.dataset = %(dataset)s and forced.partition_date = %(date)s
-                    and other.dataset = forced.dataset
-                    and jsonb_path_query_array(other.objects, '$[*].key')
-                        = jsonb_path_query_array(forced.objects, '$[*].key')
-                    and other.partition_date <= forced.partition_date
-                    and (other.partition_date = forced.partition_date or not exists (
-                        select from {dataset.ledger_table} as loaded where loaded.partition_date = other.partition_date
-                    ))
-                returning other.partition_date
-                """,
-                {"dataset": dataset.name, "date": date},
+                f"select other.partition_date from etl.download as other, etl.download as forced where {taken}", params
+            )
+            params["days"] = sorted({date} | {day for (day,) in cur.fetchall()})
+            # The loads' lock: a load that read one of these downloads commits before this, or finds
+            # the download gone and commits nothing (load._commit), so its old rows never pass for new.
+            for day in params["days"]:
+                db.lock_partition(cur, dataset.table.name, day)
+            cur.execute(
+                "delete from etl.download as other using etl.download as forced"
+                f" where {taken} and other.partition_date = any(%(days)s) returning other.partition_date",
+                params,
             )
             with_it = sorted(day for (day,) in cur.fetchall() if day != date)
             if with_it:

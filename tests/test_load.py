@@ -14,10 +14,10 @@ import luigi
 import psycopg2
 import pytest
 
-from tasks import console, db, extract, load, overwrite, staging
+from tasks import completion, console, db, extract, load, overwrite, staging
 from tasks.load import LoadEvents, LoadFailed, LoadHistory, load_partitions
 
-from conftest import EVENT_WITH_KEY, ROOT, query, run_cli, write_lines
+from conftest import EVENT_WITH_KEY, ROOT, query, run_cli, wait_for, write_lines
 
 D1, D2, D3 = datetime.date(2024, 1, 1), datetime.date(2024, 1, 2), datetime.date(2024, 1, 3)
 EVENTS = staging.EVENTS
@@ -316,6 +316,80 @@ def test_a_load_whose_download_a_forced_run_took_says_so(database_url, one_file_
         f"no download recorded for events {D1} … {D2} (2 dates): a FORCE=1 run removed it after this run's"
         " download, to download it again; run this command again"
     )
+
+
+def test_a_forced_run_waits_for_a_load_of_its_date_then_reloads_it(database_url, daily_source):
+    # A run loading D from its download while FORCE=1 of D downloaded the corrected object: the
+    # run committed the old rows after the forced run's invalidation, and the forced run's load,
+    # finding D loaded, left them: the correction was lost and both runs exited 0.
+    objects = daily_source / f"events/date={D1}"
+    write_lines(objects / "part-0.json", [event(n, f"{D1}T10:00:00Z") for n in range(10)])
+    download([D1])
+    holder = psycopg2.connect(database_url)  # holds the partition while the old load reads its download
+    with holder.cursor() as cur:
+        db.lock_partition(cur, EVENTS.table.name, D1)
+    failed = []
+    old_load = threading.Thread(
+        target=lambda: failed.extend(_raised(lambda: load_partitions(EVENTS, [D1], route_by_day=False)))
+    )
+    old_load.start()
+    waiting = "select count(*) from pg_locks where locktype = 'advisory' and not granted"
+    wait_for(lambda: query(waiting) == [(1,)])
+    # the forced run: its invalidation waits for the partition too, then downloads the correction
+    forced = threading.Thread(target=overwrite.invalidate, args=(D1,))
+    forced.start()
+    wait_for(lambda: query(waiting) == [(2,)])
+    holder.rollback()  # the old load takes the partition first, and finds its download still there
+    old_load.join()
+    forced.join()
+    holder.close()
+    write_lines(objects / "part-1.json", [event(n, f"{D1}T11:00:00Z") for n in range(10, 15)])
+    download([D1])
+    load_partitions(EVENTS, [D1], route_by_day=False)
+    assert failed == []  # it came first: committed, then the forced run took its ledger row
+    assert partition_counts("staging.event") == {D1: 15}
+
+
+def test_a_load_whose_download_was_replaced_meanwhile_commits_nothing(database_url, daily_source):
+    objects = daily_source / f"events/date={D1}"
+    write_lines(objects / "part-0.json", [event(n, f"{D1}T10:00:00Z") for n in range(10)])
+    download([D1])
+    holder = psycopg2.connect(database_url)
+    with holder.cursor() as cur:
+        db.lock_partition(cur, EVENTS.table.name, D1)
+    failed = []
+    old_load = threading.Thread(
+        target=lambda: failed.extend(_raised(lambda: load_partitions(EVENTS, [D1], route_by_day=False)))
+    )
+    old_load.start()
+    wait_for(lambda: query("select count(*) from pg_locks where locktype = 'advisory' and not granted") == [(1,)])
+    # a forced run whose invalidation came before this load reached the partition (while it read
+    # the source, say): D1's download removed, and made again
+    other = psycopg2.connect(database_url)
+    with other, other.cursor() as cur:
+        cur.execute("delete from etl.download where dataset = 'events' and partition_date = %s", (D1,))
+    other.close()
+    completion.DOWNLOADS.forget()  # as overwrite.invalidate does
+    write_lines(objects / "part-1.json", [event(n, f"{D1}T11:00:00Z") for n in range(10, 15)])
+    download([D1])
+    holder.rollback()
+    old_load.join()
+    holder.close()
+    assert [str(err) for err in failed] == [
+        f"staging.event {D1}: its download was replaced while this run read it (a FORCE=1 run, which loads it"
+        " itself); nothing of it is committed here: run this command again"
+    ]
+    assert staging.EVENTS.ledger.done([D1]) == set()
+    load_partitions(EVENTS, [D1], route_by_day=False)  # the forced run's own load
+    assert partition_counts("staging.event") == {D1: 15}
+
+
+def _raised(call) -> list:
+    try:
+        call()
+    except Exception as err:
+        return [err]
+    return []
 
 
 def test_over_the_reject_ratio_the_partition_fails_but_rejects_stay(database_url, daily_source, settings):
