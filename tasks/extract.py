@@ -32,6 +32,9 @@ class SourceObject:
     key: str  # under the source root
     size: int
     path: str | None = None  # the landed local copy; None: read it from the source
+    # Which bytes: S3's ETag, or the modification time of the local file landed. A correction of
+    # the same size is then another download (load._commit); "" in downloads of older versions.
+    version: str = ""
 
 
 class Source:
@@ -54,8 +57,8 @@ class Source:
         """What `key` names: every object under a prefix (a key ending in '/'), or the one object."""
         if key.endswith("/"):
             return self._list(key)
-        size = self._size(key)
-        return [] if size is None else [SourceObject(key, size)]
+        found = self._object(key)
+        return [] if found is None else [found]
 
     def open(self, obj: SourceObject):
         """A binary stream of the object's bytes (the landed copy when there is one)."""
@@ -85,7 +88,7 @@ class Source:
                 ),
             )
             found = [
-                SourceObject(obj["Key"][len(root) :], obj["Size"])
+                SourceObject(obj["Key"][len(root) :], obj["Size"], version=obj["ETag"])
                 for page in pages
                 for obj in page.get("Contents", [])
                 if not obj["Key"].endswith("/")
@@ -99,10 +102,10 @@ class Source:
             ]
         return sorted(found, key=lambda obj: obj.key)
 
-    def _size(self, key: str):
+    def _object(self, key: str):
         if not self.is_s3:
             path = self.root / key
-            return path.stat().st_size if path.is_file() else None
+            return SourceObject(key, path.stat().st_size) if path.is_file() else None
         from botocore.exceptions import ClientError
 
         try:
@@ -114,7 +117,7 @@ class Source:
                 self._check_bucket()  # a HEAD of a key in no bucket is a 404 too
                 return None
             raise
-        return response["ContentLength"]
+        return SourceObject(key, response["ContentLength"], version=response["ETag"])
 
     def _check_bucket(self) -> None:
         """Raise when the bucket itself is missing. Any other answer (no right to ask, an endpoint
@@ -282,7 +285,7 @@ def land(src: Source, dataset: str, obj: SourceObject) -> SourceObject:
             os.replace(temporary, destination)
         finally:
             temporary.unlink(missing_ok=True)
-    return SourceObject(obj.key, obj.size, str(destination))
+    return SourceObject(obj.key, obj.size, str(destination), str(source_time))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,14 +11,14 @@ load's completion record.
 
 import logging
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import luigi
 import psycopg2
 from psycopg2 import errors
 
 from tasks import config, console, db, records, staging
-from tasks.extract import DownloadEvents, DownloadOrganizations, SourceError, downloaded, source
+from tasks.extract import DownloadEvents, DownloadOrganizations, SourceError, SourceObject, downloaded, source
 from tasks.partitions import PartitionDate, dates, previous_day
 
 CHUNK_BYTES = 1 << 18  # what psycopg2 asks the reader for; the reader hands over a block's rows, whatever the size
@@ -294,10 +294,11 @@ def _commit(conn, group: _Group, partition: Partition, rows, progress):
                 (dataset.name, partition.date),
             )
             recorded = cur.fetchone()
-            if recorded is None or recorded[0] != [asdict(obj) for obj in group.objects]:
+            if recorded is None or [SourceObject(**obj) for obj in recorded[0]] != list(group.objects):
                 return DownloadReplaced(
-                    f"{dataset.table.name} {partition.date}: its download was replaced while this run read it (a"
-                    " FORCE=1 run, which loads it itself); nothing of it is committed here: run this command again"
+                    f"{dataset.table.name} {partition.date}: its download changed while this run read it (made"
+                    " again by a FORCE=1 run, or by another run that found other objects); nothing of it is"
+                    " committed here: run this command again"
                 )
             # Through the date indexes, whatever the statistics say: before autovacuum has analysed a
             # new table (a first run), the planner reads all of it for each date (_DateIndex).

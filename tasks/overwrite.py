@@ -17,8 +17,11 @@ def invalidate(date) -> tuple:
     dates to rebuild in this run, D included)."""
     done = []
     with db.transaction() as conn, conn.cursor() as cur:
+        # Committed first: held on, the DDL lock (and a table lock, should an index be made) would
+        # wait for the partition locks below with every load and download queued behind it.
         completion.ensure_tables(cur)
         staging.ensure_tables(conn)
+    with db.transaction() as conn, conn.cursor() as cur:
         for dataset in staging.DATASETS:
             # With D's download goes that of every earlier date not loaded that read the same keys (a
             # one-file source, a list of organizations; their sizes may differ, the object grew between

@@ -350,7 +350,8 @@ def test_a_forced_run_waits_for_a_load_of_its_date_then_reloads_it(database_url,
     assert partition_counts("staging.event") == {D1: 15}
 
 
-def test_a_load_whose_download_was_replaced_meanwhile_commits_nothing(database_url, daily_source):
+@pytest.mark.parametrize("same_size", [False, True], ids=["another-object", "same-size"])
+def test_a_load_whose_download_changed_meanwhile_commits_nothing(database_url, daily_source, same_size):
     objects = daily_source / f"events/date={D1}"
     write_lines(objects / "part-0.json", [event(n, f"{D1}T10:00:00Z") for n in range(10)])
     download([D1])
@@ -364,24 +365,29 @@ def test_a_load_whose_download_was_replaced_meanwhile_commits_nothing(database_u
     old_load.start()
     wait_for(lambda: query("select count(*) from pg_locks where locktype = 'advisory' and not granted") == [(1,)])
     # a forced run whose invalidation came before this load reached the partition (while it read
-    # the source, say): D1's download removed, and made again
+    # the source, say): D1's download removed, and made again from the corrected objects
     other = psycopg2.connect(database_url)
     with other, other.cursor() as cur:
         cur.execute("delete from etl.download where dataset = 'events' and partition_date = %s", (D1,))
     other.close()
     completion.DOWNLOADS.forget()  # as overwrite.invalidate does
-    write_lines(objects / "part-1.json", [event(n, f"{D1}T11:00:00Z") for n in range(10, 15)])
+    if same_size:  # other users, the same number of bytes: only the object's time tells
+        write_lines(objects / "part-0.json", [event(n, f"{D1}T10:00:00Z", user_id=f"w{n}") for n in range(10)])
+        os.utime(objects / "part-0.json", ns=(10**18, 10**18))
+    else:
+        write_lines(objects / "part-1.json", [event(n, f"{D1}T11:00:00Z") for n in range(10, 15)])
     download([D1])
     holder.rollback()
     old_load.join()
     holder.close()
     assert [str(err) for err in failed] == [
-        f"staging.event {D1}: its download was replaced while this run read it (a FORCE=1 run, which loads it"
-        " itself); nothing of it is committed here: run this command again"
+        f"staging.event {D1}: its download changed while this run read it (made again by a FORCE=1 run, or by"
+        " another run that found other objects); nothing of it is committed here: run this command again"
     ]
     assert staging.EVENTS.ledger.done([D1]) == set()
     load_partitions(EVENTS, [D1], route_by_day=False)  # the forced run's own load
-    assert partition_counts("staging.event") == {D1: 15}
+    users = query("select json_content->>'user_id' from staging.event order by 1")
+    assert users == sorted((f"w{n}",) if same_size else (f"u{n}",) for n in range(10 if same_size else 15))
 
 
 def _raised(call) -> list:
