@@ -323,22 +323,11 @@ def test_a_forced_run_waits_for_a_load_of_its_date_then_reloads_it(database_url,
     # run committed the old rows after the forced run's invalidation, and the forced run's load,
     # finding D loaded, left them: the correction was lost and both runs exited 0.
     objects = daily_source / f"events/date={D1}"
-    write_lines(objects / "part-0.json", [event(n, f"{D1}T10:00:00Z") for n in range(10)])
-    download([D1])
-    holder = psycopg2.connect(database_url)  # holds the partition while the old load reads its download
-    with holder.cursor() as cur:
-        db.lock_partition(cur, EVENTS.table.name, D1)
-    failed = []
-    old_load = threading.Thread(
-        target=lambda: failed.extend(_raised(lambda: load_partitions(EVENTS, [D1], route_by_day=False)))
-    )
-    old_load.start()
-    waiting = "select count(*) from pg_locks where locktype = 'advisory' and not granted"
-    wait_for(lambda: query(waiting) == [(1,)])
+    holder, old_load, failed = _a_load_waiting_for_its_partition(database_url, objects)
     # the forced run: its invalidation waits for the partition too, then downloads the correction
     forced = threading.Thread(target=overwrite.invalidate, args=(D1,))
     forced.start()
-    wait_for(lambda: query(waiting) == [(2,)])
+    wait_for(lambda: query(WAITING_FOR_LOCKS) == [(2,)])
     holder.rollback()  # the old load takes the partition first, and finds its download still there
     old_load.join()
     forced.join()
@@ -353,17 +342,7 @@ def test_a_forced_run_waits_for_a_load_of_its_date_then_reloads_it(database_url,
 @pytest.mark.parametrize("same_size", [False, True], ids=["another-object", "same-size"])
 def test_a_load_whose_download_changed_meanwhile_commits_nothing(database_url, daily_source, same_size):
     objects = daily_source / f"events/date={D1}"
-    write_lines(objects / "part-0.json", [event(n, f"{D1}T10:00:00Z") for n in range(10)])
-    download([D1])
-    holder = psycopg2.connect(database_url)
-    with holder.cursor() as cur:
-        db.lock_partition(cur, EVENTS.table.name, D1)
-    failed = []
-    old_load = threading.Thread(
-        target=lambda: failed.extend(_raised(lambda: load_partitions(EVENTS, [D1], route_by_day=False)))
-    )
-    old_load.start()
-    wait_for(lambda: query("select count(*) from pg_locks where locktype = 'advisory' and not granted") == [(1,)])
+    holder, old_load, failed = _a_load_waiting_for_its_partition(database_url, objects)
     # a forced run whose invalidation came before this load reached the partition (while it read
     # the source, say): D1's download removed, and made again from the corrected objects
     other = psycopg2.connect(database_url)
@@ -388,6 +367,27 @@ def test_a_load_whose_download_changed_meanwhile_commits_nothing(database_url, d
     load_partitions(EVENTS, [D1], route_by_day=False)  # the forced run's own load
     users = query("select json_content->>'user_id' from staging.event order by 1")
     assert users == sorted((f"w{n}",) if same_size else (f"u{n}",) for n in range(10 if same_size else 15))
+
+
+WAITING_FOR_LOCKS = "select count(*) from pg_locks where locktype = 'advisory' and not granted"
+
+
+def _a_load_waiting_for_its_partition(database_url, objects) -> tuple:
+    """D1's 10 events downloaded, a session holding D1's partition lock, and a load of D1 that
+    read its download and waits for the lock: (the holding session, the load's thread, the list
+    its failure goes to)."""
+    write_lines(objects / "part-0.json", [event(n, f"{D1}T10:00:00Z") for n in range(10)])
+    download([D1])
+    holder = psycopg2.connect(database_url)
+    with holder.cursor() as cur:
+        db.lock_partition(cur, EVENTS.table.name, D1)
+    failed = []
+    old_load = threading.Thread(
+        target=lambda: failed.extend(_raised(lambda: load_partitions(EVENTS, [D1], route_by_day=False)))
+    )
+    old_load.start()
+    wait_for(lambda: query(WAITING_FOR_LOCKS) == [(1,)])
+    return holder, old_load, failed
 
 
 def _raised(call) -> list:
