@@ -369,6 +369,39 @@ def test_a_load_whose_download_changed_meanwhile_commits_nothing(database_url, d
     assert users == sorted((f"w{n}",) if same_size else (f"u{n}",) for n in range(10 if same_size else 15))
 
 
+def test_a_forced_run_ahead_of_a_load_of_many_dates_takes_their_earlier_dates(database_url, one_file_source):
+    # One pass of a one-file object for D1 … D3 (its rows wait in the spool) while FORCE=1 of D2
+    # removes D2's download and D1's (not loaded, the same object): the forced run reached the
+    # partitions first, so the load commits nothing of D1 and D2, and D3 as it read it.
+    download([D1, D2, D3])
+    holder = psycopg2.connect(database_url)
+    with holder.cursor() as cur:
+        db.lock_partition(cur, EVENTS.table.name, D2)
+    forced = threading.Thread(target=overwrite.invalidate, args=(D2,))
+    forced.start()
+    wait_for(lambda: query(WAITING_FOR_LOCKS) == [(1,)])  # it holds D1's lock and waits for D2's
+    failed = []
+    many = threading.Thread(
+        target=lambda: failed.extend(_raised(lambda: load_partitions(EVENTS, [D1, D2, D3], route_by_day=True)))
+    )
+    many.start()
+    wait_for(lambda: query(WAITING_FOR_LOCKS) == [(2,)])  # the load read every line and waits for D1's
+    holder.rollback()
+    forced.join()
+    many.join()
+    holder.close()
+    assert [type(err) for err in failed] == [LoadFailed]
+    assert str(failed[0]).splitlines() == [
+        f"staging.event {day}: its download changed while this run read it (made again by a FORCE=1 run, or by"
+        " another run that found other objects); nothing of it is committed here: run this command again"
+        for day in (D1, D2)
+    ]
+    assert ledger() == [(D3, 1, 4)]
+    download([D1, D2])  # the forced run's own download and load
+    load_partitions(EVENTS, [D1, D2], route_by_day=True)
+    assert ledger() == [(D1, 2, 2), (D2, 2, 3), (D3, 1, 4)]
+
+
 WAITING_FOR_LOCKS = "select count(*) from pg_locks where locktype = 'advisory' and not granted"
 
 
