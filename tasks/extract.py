@@ -307,14 +307,27 @@ class SourceTarget(luigi.Target):
             return True
 
 
-class EventsArrived(luigi.ExternalTask):
-    """The daily events of `date`, written by someone else: a run that needs them before they exist
-    ends with [retcode] missing_data (20)."""
+class ObjectsArrived(luigi.ExternalTask):
+    """A dataset's objects of `date` in a daily layout, written by someone else: a run that needs
+    them before they exist ends with [retcode] missing_data (20)."""
 
     date = luigi.DateParameter(description="partition date")
+    key = None  # the setting that names the dataset's objects, set by subclasses
 
     def output(self):
-        return SourceTarget(config.key_of(config.events_key(), self.date))
+        return SourceTarget(config.key_of(self.key(), self.date))
+
+
+class EventsArrived(ObjectsArrived):
+    """The events of `date` in the daily layout: there once their prefix holds objects."""
+
+    key = staticmethod(config.events_key)
+
+
+class OrganizationsArrived(ObjectsArrived):
+    """The organization list of `date` when `orgs_key` is daily: there once its object is."""
+
+    key = staticmethod(config.orgs_key)
 
 
 class DownloadDataset(luigi.Task):
@@ -322,9 +335,15 @@ class DownloadDataset(luigi.Task):
 
     date = PartitionDate(description="partition date (a batch of dates when Luigi batches the runs)")
     dataset = None  # set by subclasses
+    arrived = None  # the task whose key names the dataset's objects; waited for when it is daily
 
     def source_key(self, day) -> str:
-        raise NotImplementedError
+        return config.key_of(self.arrived.key(), day)
+
+    def requires(self):
+        if config.is_daily(self.arrived.key()):
+            return [self.arrived(day) for day in dates(self)]
+        return []
 
     def output(self):
         return [completion.DOWNLOADS.target(day, self.dataset) for day in dates(self)]
@@ -388,20 +407,11 @@ class DownloadEvents(DownloadDataset):
     """Events of each date: the day's objects (daily layout) or the one file (one-file layout)."""
 
     dataset = "events"
-
-    def source_key(self, day) -> str:
-        return config.key_of(config.events_key(), day)
-
-    def requires(self):
-        if config.is_daily(config.events_key()):
-            return [EventsArrived(day) for day in dates(self)]
-        return []
+    arrived = EventsArrived
 
 
 class DownloadOrganizations(DownloadDataset):
     """The full current organization list, as it stands when each date is loaded."""
 
     dataset = "organizations"
-
-    def source_key(self, day) -> str:
-        return config.key_of(config.orgs_key(), day)
+    arrived = OrganizationsArrived

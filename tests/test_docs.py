@@ -22,6 +22,7 @@ NAMES = ("task-graph.mmd", "warehouse-layers.mmd")
 # Spelled out so that an empty or partial walk cannot pass by accident.
 FAMILIES = {
     "EventsArrived",
+    "OrganizationsArrived",
     "DownloadEvents",
     "DownloadOrganizations",
     "LoadEvents",
@@ -126,7 +127,7 @@ def test_task_graph_shows_every_family_reachable_from_run_etl(generated, setting
     folder, _ = generated
     # The daily layout, with a history from the previous month: the largest graph.
     settings("etl", history_start="2024-02-27")
-    settings("source", events_key="events/date={date}/")
+    settings("source", events_key="events/date={date}/", orgs_key="orgs/date={date}.json")
     date = datetime.date(2024, 3, 3)
     edges, seen = set(), set()
     for root in (RunEtl(date), Backfill(date, date), RebuildReports([date.isoformat()])):
@@ -144,7 +145,8 @@ def test_task_graph_shows_every_family_reachable_from_run_etl(generated, setting
     assert ("LoadEvents", "LoadHistory") in edges and ("RunEtl", "Backfill") in edges
     groups = _subgraphs(text)
     assert list(groups) == sorted(groups)
-    assert groups["tasks.extract"] == ["DownloadEvents", "DownloadOrganizations", "EventsArrived"]
+    extract = ["DownloadEvents", "DownloadOrganizations", "EventsArrived", "OrganizationsArrived"]
+    assert groups["tasks.extract"] == extract
     assert groups["tasks.workflows"] == ["Backfill", "RebuildReports", "RunEtl"]
     assert sorted(name for names in groups.values() for name in names) == sorted(FAMILIES)
 

@@ -264,6 +264,21 @@ def test_daily_layout_waits_for_a_missing_day(database_url, daily_source):
     assert query("select count(*) from etl.download where dataset = 'events' and partition_date = %s", (D3,)) == [(0,)]
 
 
+def test_a_daily_organization_list_not_there_yet_is_waited_for(database_url, daily_source, settings):
+    # It failed the download as a wrong key would ("not found: check … the key", exit 30).
+    settings("source", orgs_key="orgs/date={date}.json")
+    for day in (D1, D2):
+        write_lines(daily_source / f"events/date={day}/part-0.json", [event(day.day, f"{day}T10:00:00Z")])
+    write_lines(daily_source / f"orgs/date={D1}.json", [{"organization_key": "o1"}])
+    result = run_cli("load", D2.isoformat())
+    assert result.returncode == 20, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"waiting: OrganizationsArrived({D2}) has not arrived: orgs/date={D2}.json" in result.stdout
+    assert partition_counts("staging.organization") == {D1: 1}
+    write_lines(daily_source / f"orgs/date={D2}.json", [{"organization_key": "o1"}, {"organization_key": "o2"}])
+    assert run_cli("load", D2.isoformat()).returncode == 0
+    assert partition_counts("staging.organization") == {D1: 1, D2: 2}
+
+
 def test_staging_with_a_key_on_every_row_is_upgraded_in_place(database_url, daily_source):
     # Tables made before the source objects held each row's key (staging._number_source_objects).
     write_lines(daily_source / "events/date=2024-01-01/part-1.json", [event(1, "2024-01-01T10:00:00Z")])

@@ -33,10 +33,12 @@ from tasks.workflows import Backfill, RebuildReports, RunEtl
 
 # The walk needs a date; a fixed one keeps the text independent of today and of luigi.cfg.
 GRAPH_DATE = datetime.date(2024, 3, 3)
-# The larger of the layouts: daily events add EventsArrived, and a history that starts in the
-# previous month adds the LoadHistory of that month's end (tasks/load.py).
+# The larger of the layouts: daily events and organization lists add EventsArrived and
+# OrganizationsArrived, and a history that starts in the previous month adds the LoadHistory of
+# that month's end (tasks/load.py).
 GRAPH_SETTINGS = {
     ("source", "events_key"): "events/date={date}/",
+    ("source", "orgs_key"): "orgs/date={date}.json",
     ("etl", "history_start"): "2024-02-28",
 }
 LAYERS = ("staging", "historical", "snapshots", "dimensional", "reporting")
