@@ -428,8 +428,6 @@ def run_tasks(args, first, last, scheduler_args, started_at, ended: dict) -> int
     from tasks import export, overwrite
 
     logging.getLogger("luigi-interface").addHandler(_SayUnanswered())
-    if last:
-        console.plan(first, last)
 
     if args.command == "worker":
         # An assistant takes any runnable task luigid hands out, for as long as it runs.
@@ -470,6 +468,7 @@ def run_tasks(args, first, last, scheduler_args, started_at, ended: dict) -> int
         if len(days) > 1:
             task = ["RebuildReports", "--dates", json.dumps([day.isoformat() for day in days])]
             root = workflows.RebuildReports([day.isoformat() for day in days])
+    console.plan(last)  # after a FORCE's removals: what this run will load
     tasks_done = False
     try:
         code = run_luigi(task, args.workers, scheduler_args, root)

@@ -137,10 +137,10 @@ def _loads(cur, dataset, started_at, last) -> dict:
     return result
 
 
-def plan(first, last) -> None:
-    """Say how many dates the run has to load."""
+def plan(last) -> None:
+    """Say which dates up to `last` have a partition to load (events, organizations or both)."""
     days = config.dates_between(config.history_start(), last)
-    missing = sorted(set(days) - staging.EVENTS.ledger.done(days)) if days else []
+    missing = sorted({day for dataset in staging.DATASETS for day in set(days) - dataset.ledger.done(days)})
     if missing:
         say(f"to load: {span(missing)}")
 

@@ -500,6 +500,7 @@ def test_a_run_summary_names_the_organizations_bad_lines(database_url, daily_sou
         " (select * from staging.organization_rejected order by date, line_number)\n" in alone.stdout
     )
     assert "nothing to load" not in alone.stdout
+    assert f"to load: {console.span([D1, D2])}\n" in alone.stdout  # it counted the events' dates only
 
 
 def test_missing_one_file_source_fails_with_a_clear_message(database_url, tmp_path, monkeypatch):

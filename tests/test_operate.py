@@ -127,6 +127,8 @@ def test_force_reloads_a_date_and_invalidates_later_reports(database_url, worked
     forced = run_cli("run-etl", "2024-03-04", "--force")
     assert forced.returncode == 0, forced.stderr[-3000:]
     assert "staging.event 2024-03-04 will be reloaded from the source" in forced.stdout
+    # said after what the forced run removed (before it, every date was loaded: no line at all)
+    assert forced.stdout.index("will be reloaded") < forced.stdout.index("to load: 2024-03-04\n")
     assert "reports after 2024-03-04 will be rebuilt too: 2024-03-05" in forced.stdout
     assert forced.stdout.endswith(expected)  # 2024-03-04's report: u3 not back yet, u5 not yet there
     assert query("select count(*) from historical.hist_user_event where event_id = 'e9'") == [(0,)]
