@@ -3,10 +3,10 @@
 Reads and writes the record tables named by each `Ledger` (`etl.download`, `staging.*_partition`,
 `etl.build`, `etl.report`), and reads `etl.tested_through`, which a build writes with its records.
 Creates `etl.outdated_report` (tasks.overwrite writes it, tasks.export clears it).
-Every task the pipeline runs has a `LedgerTarget` as its `output()` (the `…Arrived` tasks, the producer's
-objects, have source targets), so completion lives where every worker on every machine sees it,
-never on one worker's disk. A record is written only once what it vouches for is committed: a
-load's in the same transaction as its rows, a build's after dbt committed the models.
+Every task the pipeline runs has a `LedgerTarget` as its `output()` (the `…Arrived` tasks, the
+producer's objects, have source targets), so completion lives where every worker on every machine
+sees it, never on one worker's disk. A record is written only once what it vouches for is
+committed: a load's in the same transaction as its rows, a build's after dbt committed the models.
 """
 
 import os

@@ -411,7 +411,7 @@ class DownloadEvents(DownloadDataset):
 
 
 class DownloadOrganizations(DownloadDataset):
-    """The full current organization list, as it stands when each date is loaded."""
+    """The organization list of each date: the current one, or the day's own when orgs_key is daily."""
 
     dataset = "organizations"
     arrived = OrganizationsArrived
